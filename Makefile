@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine with Python >= 3.11:
+#   make demo   sets up .venv and runs the main job on the embedded default
+#   make test   sets up .venv and runs the whole test suite (lint, types, tests)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint pytest bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/kiro-activity demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+pytest: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+test: lint pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) kiro-data .pytest_cache .mypy_cache .ruff_cache .hypothesis

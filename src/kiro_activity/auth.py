@@ -1,0 +1,98 @@
+"""Who is calling, and how fast: bearer-token authentication and the per-token rate limit.
+
+The token table lives in the control database, which CLI commands change while the service runs.
+Lookups are cached per process and the whole cache is dropped whenever another connection
+commits to that database (``PRAGMA data_version``), so an issued token works, and a revoked one
+stops working, on the very next request.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import store
+from .errors import AccessDeniedError, ThrottlingError
+from .store import Principal
+
+DENIED = "the bearer token is missing, unknown, revoked or expired"
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header, or AccessDeniedError."""
+    if not authorization:
+        raise AccessDeniedError("missing Authorization header; send 'Authorization: Bearer <token>'")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AccessDeniedError("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+class Authenticator:
+    """Maps tokens to principals through the control database, with a coherent cache."""
+
+    def __init__(self, control_db: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self._conn = store.connect(control_db)
+        self._clock = clock
+        self._cache: dict[str, Principal | None] = {}
+        self._version = self._data_version()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def _data_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def principal(self, authorization: str | None, *, kind: str = "user") -> Principal:
+        """The live principal of the header's token, of the given kind, or AccessDeniedError."""
+        token = bearer_token(authorization)
+        version = self._data_version()
+        if version != self._version:
+            self._cache.clear()
+            self._version = version
+        now = self._clock()
+        if token in self._cache:
+            found = self._cache[token]
+        else:
+            found = store.lookup_token(self._conn, token, now=now)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[token] = found
+        if found is None or (found.expires_at is not None and found.expires_at <= now):
+            raise AccessDeniedError(DENIED)
+        if found.kind != kind:
+            raise AccessDeniedError(f"this operation needs a {kind} token, not an {found.kind} token")
+        return found
+
+    def account(self, account_id: str) -> store.Account | None:
+        return store.get_account(self._conn, account_id)
+
+
+class RateLimiter:
+    """A token bucket per bearer token: ``rate`` requests/s sustained, ``burst`` at once."""
+
+    def __init__(
+        self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self._clock = clock
+        self._buckets: dict[int, tuple[float, float]] = {}
+
+    def check(self, key: int, cost: float = 1.0) -> None:
+        """Take ``cost`` from the key's bucket or raise ThrottlingError with a Retry-After."""
+        if self.rate <= 0:
+            return
+        now = self._clock()
+        level, last = self._buckets.get(key, (self.burst, now))
+        level = min(self.burst, level + (now - last) * self.rate)
+        if level < cost:
+            self._buckets[key] = (level, now)
+            wait = (cost - level) / self.rate
+            raise ThrottlingError(
+                f"rate limit of {self.rate:g} requests/s per token exceeded; retry in {wait:.2f} s",
+                retry_after=wait,
+            )
+        self._buckets[key] = (level - cost, now)

@@ -1,0 +1,58 @@
+"""Configuration, read once at the edge (CLI or test) and passed down.
+
+``Config.from_environ`` reads ``KIRO_ACTIVITY_*`` variables; every field has a default that runs
+the embedded service with no setup.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the service needs to know; tests build their own."""
+
+    data_dir: Path = Path("kiro-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: largest request body, after gzip decompression too (spec: 1 MiB by default)
+    max_body_bytes: int = MIB
+    #: largest body of one bulk-import call (NDJSON), after decompression
+    max_batch_bytes: int = 64 * MIB
+    #: most lines in one bulk-import call
+    max_batch_lines: int = 100_000
+    #: per-token sustained rate (requests/s) and burst (bucket size)
+    rate_per_token: float = 100.0
+    burst_per_token: float = 1000.0
+    #: how long raw events (and so clientToken dedupe) are kept
+    retention_days: int = 30
+    #: most requests the writer commits in one transaction
+    max_group_commit: int = 4096
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
+        """Read ``KIRO_ACTIVITY_<FIELD>`` variables, then apply explicit ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f"KIRO_ACTIVITY_{f.name.upper()}")
+            if raw is None:
+                continue
+            kind = type(getattr(cls, f.name))
+            values[f.name] = Path(raw) if kind is type(Path()) else kind(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values)  # type: ignore[arg-type]
+
+    @property
+    def control_db(self) -> Path:
+        return self.data_dir / "control.db"
+
+    @property
+    def landing_db(self) -> Path:
+        return self.data_dir / "landing.db"

@@ -1,0 +1,90 @@
+"""The one error tree of kiro-activity.
+
+::
+
+    KiroActivityError                   anything this package raises on purpose
+    ├── ApiError                        answered over HTTP in the AWS JSON error shape
+    │   ├── ValidationError             400  the request is malformed or too large
+    │   ├── UnknownOperationError       400  POST / without our X-Amz-Target operation
+    │   ├── AccessDeniedError           403  no/unknown/revoked token, or another account/user
+    │   ├── ThrottlingError             429  over the per-token rate limit
+    │   └── InternalServerError         500  our fault (503 when the store cannot commit)
+    │       └── StoreUnavailableError   503  the landing log could not commit (disk full, I/O)
+    └── UsageError                      a CLI/library caller asked for something impossible
+
+Every message names the bad value or field and, where it helps, what to do instead.
+"""
+
+from __future__ import annotations
+
+
+class KiroActivityError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ApiError(KiroActivityError):
+    """An error answered over HTTP: ``status``, AWS error ``type_name`` and optional ``reason``."""
+
+    status = 500
+    type_name = "InternalServerException"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+
+    def body(self) -> dict[str, str]:
+        """The AWS JSON error body: ``{"__type", "message", "reason"?}``."""
+        out = {"__type": self.type_name, "message": self.message}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+class ValidationError(ApiError):
+    """400: malformed JSON, missing field, wrong type, not one union member, or too large."""
+
+    status = 400
+    type_name = "ValidationException"
+
+
+class UnknownOperationError(ApiError):
+    """400: ``POST /`` without ``X-Amz-Target: AmazonCodeWhispererService.SendTelemetryEvent``."""
+
+    status = 400
+    type_name = "UnknownOperationException"
+
+
+class AccessDeniedError(ApiError):
+    """403: missing, unknown, revoked or expired token, or another account's/user's data."""
+
+    status = 403
+    type_name = "AccessDeniedException"
+
+
+class ThrottlingError(ApiError):
+    """429: the token is over its rate limit; ``retry_after`` seconds tells when to try again."""
+
+    status = 429
+    type_name = "ThrottlingException"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InternalServerError(ApiError):
+    """500: our fault; the client may retry (with the same clientToken)."""
+
+    status = 500
+    type_name = "InternalServerException"
+
+
+class StoreUnavailableError(InternalServerError):
+    """503: the landing log could not commit (disk full, I/O error); nothing was stored."""
+
+    status = 503
+
+
+class UsageError(KiroActivityError):
+    """A caller asked for something impossible (unknown account, bad id); exit 1 in the CLI."""

@@ -1,0 +1,216 @@
+"""The ingestion edge: a plain ASGI app speaking SendTelemetryEvent (awsJson 1.0 and restJson1).
+
+The hot path is deliberately a bare ASGI handler (no framework routing or request objects): per
+request it authenticates, rate-limits, reads the body within its limit, validates it
+(:mod:`.events`), checks the profile ARN and Kiro ``userId`` against the token, and waits for the
+landing log's group commit before answering ``200 {}``. Everything below the edge is plain
+functions and the :class:`~.landing.LandingLog`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from . import events, openapi
+from .auth import Authenticator, RateLimiter
+from .body import ClientDisconnected, read_body
+from .config import Config
+from .errors import AccessDeniedError, ApiError, InternalServerError, ThrottlingError
+from .errors import UnknownOperationError, ValidationError
+from .landing import LandingLog, LandingRecord
+from .store import Principal
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+TARGET = "AmazonCodeWhispererService.SendTelemetryEvent"
+AWS_JSON = "application/x-amz-json-1.0"
+BATCH_PATH = "/v1/batch/SendTelemetryEvent"
+OK_BODY = b"{}"
+JSON_HEADERS = [(b"content-type", b"application/json")]
+OPTOUT_HEADER = {"true": "OPTOUT", "false": "OPTIN"}
+
+
+class IngestApp:
+    """The ASGI application. Owns the landing log's writer thread during its lifespan."""
+
+    def __init__(self, config: Config, *, landing: LandingLog | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self._own_landing = landing is None
+        self.landing = landing or LandingLog(
+            config.landing_db, clock=clock, max_group=config.max_group_commit
+        )
+        self.auth = Authenticator(config.control_db, clock=clock)
+        self.limiter = RateLimiter(config.rate_per_token, config.burst_per_token)
+        self._openapi = orjson.dumps(openapi.document(config))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            await self._route(scope["method"], scope["path"], headers, receive, send)
+        except ApiError as exc:
+            await _send_error(send, exc)
+        except ClientDisconnected:
+            return  # nothing was stored and no one is left to answer
+        except Exception:
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            await _send_error(send, InternalServerError("internal error; retry the request"))
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self._own_landing:
+                    self.landing.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._own_landing:
+                    self.landing.close()
+                self.auth.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, method: str, path: str, headers: dict[str, str],
+                     receive: Receive, send: Send) -> None:
+        if method == "POST" and path == "/":
+            target = headers.get("x-amz-target")
+            if target != TARGET:
+                raise UnknownOperationError(
+                    f"unknown operation {target!r} in X-Amz-Target; this endpoint serves {TARGET}"
+                    if target else f"missing X-Amz-Target header; send X-Amz-Target: {TARGET}"
+                )
+            await self._single(headers, receive, send, "awsJson1_0", AWS_JSON)
+        elif method == "POST" and path == "/SendTelemetryEvent":
+            await self._single(headers, receive, send, "restJson1", "application/json")
+        elif method == "POST" and path == BATCH_PATH:
+            await self._batch(headers, receive, send)
+        elif method == "GET" and path == "/health":
+            await self._health(send)
+        elif method == "GET" and path == "/openapi.json":
+            await _send(send, 200, self._openapi)
+        else:
+            raise _not_found(method, path)
+
+    async def _single(self, headers: dict[str, str], receive: Receive, send: Send,
+                      protocol: str, content_type: str) -> None:
+        principal = self._admit(headers)
+        _check_content_type(headers, content_type)
+        body = await read_body(receive, headers, self.config.max_body_bytes)
+        record = self._record(events.parse_request(body), body, principal, headers, protocol)
+        await self.landing.append([record])
+        await _send(send, 200, OK_BODY)
+
+    async def _batch(self, headers: dict[str, str], receive: Receive, send: Send) -> None:
+        principal = self._admit(headers)
+        _check_content_type(headers, "application/x-ndjson", "application/json")
+        body = await read_body(receive, headers, self.config.max_batch_bytes)
+        lines = [line for line in body.split(b"\n") if line.strip()]
+        if len(lines) > self.config.max_batch_lines:
+            raise ValidationError(
+                f"{len(lines)} lines in one batch; at most {self.config.max_batch_lines} allowed",
+                reason="CONTENT_LENGTH_EXCEEDS_THRESHOLD",
+            )
+        records: list[LandingRecord] = []
+        results: list[dict[str, Any]] = []
+        for number, line in enumerate(lines, 1):
+            try:
+                request = events.parse_request(line)
+                records.append(self._record(request, line, principal, headers, "batch"))
+                results.append({"line": number, "status": 200})
+            except ApiError as exc:
+                results.append({"line": number, "status": exc.status, **exc.body()})
+        stored = await self.landing.append(records) if records else 0
+        summary = {
+            "lines": len(lines), "accepted": len(records), "stored": stored,
+            "duplicates": len(records) - stored, "rejected": len(lines) - len(records),
+            "results": results,
+        }
+        await _send(send, 200, orjson.dumps(summary))
+
+    def _admit(self, headers: dict[str, str]) -> Principal:
+        principal = self.auth.principal(headers.get("authorization"))
+        self.limiter.check(principal.token_id)
+        return principal
+
+    def _record(self, request: events.TelemetryRequest, body: bytes, principal: Principal,
+                headers: dict[str, str], protocol: str) -> LandingRecord:
+        if request.profile_arn is not None:
+            region, account_id = events.parse_profile_arn(request.profile_arn)
+            expected = self.auth.account(principal.account_id)
+            if account_id != principal.account_id or expected is None or region != expected.region:
+                raise AccessDeniedError(
+                    f"profileArn {request.profile_arn} is not a profile of this token's account"
+                )
+        if request.user_id is not None and request.user_id != principal.principal:
+            raise AccessDeniedError(
+                f"telemetryEvent.{request.member}.userId is not the user of this token; "
+                "a user can only send telemetry as themself"
+            )
+        opt_out = request.opt_out
+        if opt_out is None:
+            opt_out = OPTOUT_HEADER.get(headers.get("x-amzn-codewhisperer-optout", "").lower())
+        return LandingRecord(
+            principal.account_id, principal.principal, request.member, request.client_token,
+            opt_out, request.client_timestamp, request.ide_category, protocol, body,
+        )
+
+    async def _health(self, send: Send) -> None:
+        ok = self.landing.healthy
+        body = {"status": "ok" if ok else "degraded", "landing_log": "ok" if ok else "failing",
+                "commits": self.landing.commits}
+        await _send(send, 200 if ok else 503, orjson.dumps(body))
+
+
+def create_app(config: Config, **kwargs: Any) -> IngestApp:
+    return IngestApp(config, **kwargs)
+
+
+def _check_content_type(headers: dict[str, str], *allowed: str) -> None:
+    media = headers.get("content-type", "").split(";")[0].strip().lower()
+    if media and media not in allowed:
+        raise ValidationError(
+            f"Content-Type {media!r} is not accepted here; send {' or '.join(allowed)}"
+        )
+
+
+def _not_found(method: str, path: str) -> ApiError:
+    error = UnknownOperationError(
+        f"no operation at {method} {path}; see /openapi.json for the operations served"
+    )
+    error.status = 404
+    return error
+
+
+async def _send(send: Send, status: int, body: bytes,
+                extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [*JSON_HEADERS, (b"x-amzn-requestid", str(uuid.uuid4()).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, exc: ApiError) -> None:
+    extra = [(b"x-amzn-errortype", exc.type_name.encode())]
+    if isinstance(exc, ThrottlingError):
+        extra.append((b"retry-after", str(max(1, round(exc.retry_after + 0.5))).encode()))
+    elif exc.status == 503:
+        extra.append((b"retry-after", b"1"))
+    await _send(send, exc.status, orjson.dumps(exc.body()), extra)

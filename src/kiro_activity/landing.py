@@ -1,0 +1,238 @@
+"""The landing log: every acknowledged event, durably, exactly once.
+
+One writer thread owns the SQLite (WAL, ``synchronous=FULL``) connection. Request handlers queue
+their records and wait; the writer takes everything queued, inserts it in **one** transaction,
+commits (one fsync for the whole group) and only then releases the waiters. So durability costs
+one fsync per group of concurrent requests, not one per request, and a 200 is never sent for an
+event that is not on disk.
+
+Exactly once: a unique index on (account, user, clientToken) makes a repeated clientToken of the
+same user an ``INSERT OR IGNORE`` no-op; events without a clientToken are each stored.
+
+The receipt time of an event is the writer's clock at the commit of its group, so a day closes
+cleanly: once the clock has passed midnight no event can get a receipt time in the day before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import StoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq          INTEGER PRIMARY KEY,
+    received_us  INTEGER NOT NULL,
+    account_id   TEXT NOT NULL,
+    user_id      TEXT NOT NULL,
+    member       TEXT NOT NULL,
+    client_token TEXT,
+    opt_out      TEXT,
+    client_ts    REAL,
+    ide_category TEXT,
+    protocol     TEXT NOT NULL,
+    body         BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_dedupe
+    ON events(account_id, user_id, client_token) WHERE client_token IS NOT NULL;
+"""
+INSERT = (
+    "INSERT OR IGNORE INTO events (received_us, account_id, user_id, member, client_token,"
+    " opt_out, client_ts, ide_category, protocol, body) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+COLUMNS = (
+    "seq", "received_us", "account_id", "user_id", "member", "client_token", "opt_out",
+    "client_ts", "ide_category", "protocol", "body",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LandingRecord:
+    """One accepted request, as it will be stored (the receipt time is added at commit)."""
+
+    account_id: str
+    user_id: str
+    member: str
+    client_token: str | None
+    opt_out: str | None
+    client_ts: float | None
+    ide_category: str | None
+    protocol: str
+    body: bytes
+
+
+Done = Callable[[int | BaseException], None]
+_STOP = object()
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open the landing database; the schema is created on first open."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    if not readonly:
+        conn.execute("PRAGMA cache_size=-131072")
+        conn.executescript(SCHEMA)
+    return conn
+
+
+class LandingLog:
+    """The durable, deduplicating event log with a group-committing writer thread."""
+
+    def __init__(
+        self, path: Path, *, clock: Callable[[], float] = time.time, max_group: int = 4096
+    ) -> None:
+        self.path = path
+        self.clock = clock
+        self.max_group = max_group
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._conn = connect(path)
+        self._thread = threading.Thread(target=self._run, name="landing-writer", daemon=True)
+        self.commits = 0
+        self.healthy = True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the writer and close the database."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+        self._conn.close()
+
+    def submit(self, records: Sequence[LandingRecord], done: Done) -> None:
+        """Queue records; ``done`` gets the number newly stored, or the error, from the writer."""
+        self._queue.put((records, done))
+
+    async def append(self, records: Sequence[LandingRecord]) -> int:
+        """Store records durably; returns how many were new (the rest were repeats)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+
+        def done(result: int | BaseException) -> None:
+            loop.call_soon_threadsafe(_resolve, fut, result)
+
+        self.submit(records, done)
+        return await fut
+
+    def append_sync(self, records: Sequence[LandingRecord]) -> int:
+        """Blocking form of :meth:`append`, for callers without an event loop."""
+        box: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
+        self.submit(records, box.put)
+        result = box.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def run_in_writer(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Run ``fn(conn)`` on the writer thread between groups (maintenance, tests)."""
+        box: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queue.put(("call", fn, box))
+        box.get()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            group: list[tuple[Sequence[LandingRecord], Done]] = []
+            while True:
+                if item is _STOP:
+                    self._commit_group(group)
+                    return
+                if item[0] == "call":
+                    self._commit_group(group)
+                    group = []
+                    _call(item[1], self._conn, item[2])
+                else:
+                    group.append(item)
+                if sum(len(r) for r, _ in group) >= self.max_group:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._commit_group(group)
+
+    def _commit_group(self, group: list[tuple[Sequence[LandingRecord], Done]]) -> None:
+        if not group:
+            return
+        results: list[int | BaseException]
+        try:
+            results = self._write(group)
+            self.healthy = True
+        except Exception as exc:  # disk full, I/O error, a bug: refuse, never crash the writer
+            self.healthy = False
+            log.error("landing log commit failed (%s); answering 503 until it works", exc)
+            _rollback(self._conn)
+            error = StoreUnavailableError(
+                f"the event could not be stored ({exc}); nothing was stored, retry later"
+            )
+            results = [error] * len(group)
+        for (_, done), result in zip(group, results, strict=True):
+            done(result)
+
+    def _write(self, group: list[tuple[Sequence[LandingRecord], Done]]) -> list[int | BaseException]:
+        conn = self._conn
+        received_us = int(self.clock() * 1_000_000)
+        conn.execute("BEGIN IMMEDIATE")
+        counts: list[int | BaseException] = []
+        for records, _ in group:
+            before = conn.total_changes
+            conn.executemany(INSERT, [_row(received_us, r) for r in records])
+            counts.append(conn.total_changes - before)
+        conn.execute("COMMIT")
+        self.commits += 1
+        return counts
+
+
+def _row(received_us: int, r: LandingRecord) -> tuple[object, ...]:
+    return (
+        received_us, r.account_id, r.user_id, r.member, r.client_token, r.opt_out,
+        r.client_ts, r.ide_category, r.protocol, r.body,
+    )
+
+
+def _resolve(fut: asyncio.Future[int], result: int | BaseException) -> None:
+    if fut.done():  # the request was cancelled (client went away); the event is stored anyway
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # no transaction was open (BEGIN itself failed)
+
+
+def _call(fn: Callable[[sqlite3.Connection], object], conn: sqlite3.Connection,
+          box: queue.SimpleQueue[object]) -> None:
+    try:
+        box.put(fn(conn))
+    except Exception as exc:  # handed back to the caller, never kills the writer
+        box.put(exc)
+
+
+def read_events(path: Path, where: str = "", args: Sequence[object] = ()) -> list[dict[str, Any]]:
+    """All stored events (as dicts) matching an optional SQL condition; for tools and tests."""
+    conn = connect(path, readonly=True)
+    try:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM events {where} ORDER BY seq"
+        return [dict(zip(COLUMNS, row, strict=True)) for row in conn.execute(sql, args)]
+    finally:
+        conn.close()

@@ -1,0 +1,240 @@
+"""Control state of the embedded default: accounts and tokens, in SQLite (WAL) in the data folder.
+
+Several processes share it: the running service reads it, CLI commands change it at the same
+time. Tokens are stored only as SHA-256 hashes: they are 256-bit random secrets, so a fast hash
+is enough (no password stretching is needed), and the plain token is shown once, at issue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import sqlite3
+import string
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    account_id  TEXT PRIMARY KEY,
+    region      TEXT NOT NULL,
+    profile_arn TEXT NOT NULL UNIQUE,
+    created_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id          INTEGER PRIMARY KEY,
+    token_hash  TEXT NOT NULL UNIQUE,
+    account_id  TEXT NOT NULL REFERENCES accounts(account_id),
+    principal   TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('user', 'admin')),
+    created_at  REAL NOT NULL,
+    expires_at  REAL,
+    revoked_at  REAL
+);
+CREATE INDEX IF NOT EXISTS tokens_by_principal ON tokens(account_id, principal);
+"""
+
+ACCOUNT_RE = re.compile(r"\d{12}")
+REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d")
+PROFILE_ARN_RE = re.compile(
+    r"arn:aws:codewhisperer:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):profile/[A-Za-z0-9]{12}"
+)
+TOKEN_PREFIX = "kat_"
+USER_RE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    region: str
+    profile_arn: str
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a token speaks for: a user (telemetry) or an admin of one account."""
+
+    token_id: int
+    account_id: str
+    principal: str
+    kind: str
+    expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token as listed: never the token itself."""
+
+    token_id: int
+    account_id: str
+    principal: str
+    kind: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (and create) the control database for use by one thread."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.executescript(SCHEMA)
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def check_account_id(account_id: str) -> str:
+    if not ACCOUNT_RE.fullmatch(account_id):
+        raise UsageError(f"account id {account_id!r} is not a 12-digit AWS account id")
+    return account_id
+
+
+def add_account(
+    conn: sqlite3.Connection, account_id: str, region: str, *, now: float,
+    profile_arn: str | None = None,
+) -> Account:
+    """Register an account; the profile ARN is made up when not given."""
+    check_account_id(account_id)
+    if not REGION_RE.fullmatch(region):
+        raise UsageError(f"Region {region!r} is not an AWS Region name such as us-east-1")
+    if profile_arn is None:
+        alphabet = string.ascii_uppercase + string.digits
+        suffix = "".join(secrets.choice(alphabet) for _ in range(12))
+        profile_arn = f"arn:aws:codewhisperer:{region}:{account_id}:profile/{suffix}"
+    m = PROFILE_ARN_RE.fullmatch(profile_arn)
+    if not m:
+        raise UsageError(
+            f"profile ARN {profile_arn!r} is not of the form "
+            "arn:aws:codewhisperer:REGION:ACCOUNT:profile/12-ALPHANUMERICS"
+        )
+    if m["account"] != account_id or m["region"] != region:
+        raise UsageError(
+            f"profile ARN {profile_arn!r} names account {m['account']} in {m['region']}, "
+            f"not account {account_id} in {region}"
+        )
+    with transaction(conn):
+        if get_account(conn, account_id) is not None:
+            raise UsageError(f"account {account_id} already exists")
+        conn.execute(
+            "INSERT INTO accounts VALUES (?, ?, ?, ?)", (account_id, region, profile_arn, now)
+        )
+    return Account(account_id, region, profile_arn)
+
+
+def get_account(conn: sqlite3.Connection, account_id: str) -> Account | None:
+    row = conn.execute(
+        "SELECT account_id, region, profile_arn FROM accounts WHERE account_id = ?", (account_id,)
+    ).fetchone()
+    return Account(*row) if row else None
+
+
+def require_account(conn: sqlite3.Connection, account_id: str) -> Account:
+    account = get_account(conn, check_account_id(account_id))
+    if account is None:
+        raise UsageError(
+            f"account {account_id} does not exist; add it with "
+            f"'kiro-activity accounts add {account_id} --region REGION'"
+        )
+    return account
+
+
+def list_accounts(conn: sqlite3.Connection) -> list[Account]:
+    rows = conn.execute("SELECT account_id, region, profile_arn FROM accounts ORDER BY 1")
+    return [Account(*row) for row in rows]
+
+
+def issue_tokens(
+    conn: sqlite3.Connection, account_id: str, principals: Iterable[str], *, now: float,
+    kind: str = "user", expires_at: float | None = None,
+) -> list[tuple[str, str]]:
+    """Issue one new token per principal, in one transaction; returns (principal, token)."""
+    require_account(conn, account_id)
+    names = list(principals)
+    for name in names:
+        if not USER_RE.fullmatch(name) or name != name.strip():
+            raise UsageError(
+                f"user id {name!r} must be 1-256 characters, without control characters "
+                "or surrounding spaces"
+            )
+    issued = [(name, TOKEN_PREFIX + secrets.token_urlsafe(32)) for name in names]
+    with transaction(conn):
+        conn.executemany(
+            "INSERT INTO tokens (token_hash, account_id, principal, kind, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(hash_token(tok), account_id, name, kind, now, expires_at) for name, tok in issued],
+        )
+    return issued
+
+
+def revoke_tokens(
+    conn: sqlite3.Connection, account_id: str, *, now: float,
+    principal: str | None = None, token: str | None = None, token_id: int | None = None,
+) -> int:
+    """Revoke the tokens selected by principal, token or id (within one account)."""
+    require_account(conn, account_id)
+    where, args = ["account_id = ?", "revoked_at IS NULL"], [account_id]
+    if principal is not None:
+        where.append("principal = ?")
+        args.append(principal)
+    if token is not None:
+        where.append("token_hash = ?")
+        args.append(hash_token(token))
+    if token_id is not None:
+        where.append("id = ?")
+        args.append(str(token_id))
+    if len(where) == 2:
+        raise UsageError("say which tokens to revoke: --user, --token or --id")
+    with transaction(conn):
+        cur = conn.execute(
+            f"UPDATE tokens SET revoked_at = ? WHERE {' AND '.join(where)}", [now, *args]
+        )
+    return cur.rowcount
+
+
+def list_tokens(conn: sqlite3.Connection, account_id: str) -> list[TokenInfo]:
+    require_account(conn, account_id)
+    rows = conn.execute(
+        "SELECT id, account_id, principal, kind, created_at, expires_at, revoked_at"
+        " FROM tokens WHERE account_id = ? ORDER BY id",
+        (account_id,),
+    )
+    return [TokenInfo(*row) for row in rows]
+
+
+def lookup_token(conn: sqlite3.Connection, token: str, *, now: float) -> Principal | None:
+    """The principal of a live token, or None for an unknown, revoked or expired one."""
+    row = conn.execute(
+        "SELECT id, account_id, principal, kind, expires_at FROM tokens"
+        " WHERE token_hash = ? AND revoked_at IS NULL",
+        (hash_token(token),),
+    ).fetchone()
+    if row is None:
+        return None
+    principal = Principal(*row)
+    if principal.expires_at is not None and principal.expires_at <= now:
+        return None
+    return principal
