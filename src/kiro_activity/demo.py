@@ -52,13 +52,15 @@ def start_server(config: Config, port: int, *extra: str) -> subprocess.Popen[byt
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with code {proc.returncode}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             conn.request("GET", "/health")
             if conn.getresponse().status == 200:
                 return proc
         except OSError:
             time.sleep(0.05)
+        finally:
+            conn.close()
     proc.kill()
     raise RuntimeError("the server did not answer /health within 30 s")
 

@@ -314,8 +314,8 @@ def _check_member(member: str, ev: dict[str, Any], problems: list[str]) -> None:
         elif c == _NUMBER:
             if (t is float and v - v == 0.0) or (t is int and -_INT_MAX <= v <= _INT_MAX):
                 continue
-        elif c == _COUNT or c == _NEG1:
-            if t is int and (0 if c == _COUNT else -1) <= v <= _INT_MAX:
+        elif c == _COUNT:
+            if t is int and 0 <= v <= _INT_MAX:
                 continue
         elif c == _LANG:
             if t is dict and type(v.get("languageName")) is str:

@@ -1,0 +1,93 @@
+"""The bulk-import endpoint (NDJSON) and the per-token rate limit, against a real server."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import TARGET, Server, make_server
+
+from kiro_activity import landing
+from kiro_activity.simulate import request_body
+
+BATCH = "/v1/batch/SendTelemetryEvent"
+NDJSON = {"Content-Type": "application/x-ndjson"}
+
+
+def ndjson(bodies: list[object]) -> bytes:
+    return b"".join((b if isinstance(b, bytes) else orjson.dumps(b)) + b"\n" for b in bodies)
+
+
+def test_batch_reports_every_line_and_stores_the_good_ones(server: Server) -> None:
+    rng = random.Random(1)
+    good = [request_body("userTriggerDecisionEvent", rng) for _ in range(5)]
+    spoof = request_body("kiroEnterpriseTelemetryEvent", rng, user_id="someone-else")
+    lines = [good[0], b"{broken", good[1], {"telemetryEvent": {"nope": {}}}, good[2], spoof,
+             good[3], good[4], good[0]]
+    with server.client("batcher") as client:
+        r = client.post(BATCH, content=ndjson(lines) + b"\n\n", headers=NDJSON)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert (out["lines"], out["accepted"], out["rejected"]) == (9, 6, 3)
+    assert (out["stored"], out["duplicates"]) == (5, 1)
+    statuses = [(x["line"], x["status"]) for x in out["results"]]
+    assert statuses == [(1, 200), (2, 400), (3, 200), (4, 400), (5, 200), (6, 403), (7, 200),
+                        (8, 200), (9, 200)]
+    assert out["results"][1]["__type"] == "ValidationException"
+    assert "nope" in out["results"][3]["message"]
+    assert out["results"][5]["__type"] == "AccessDeniedException"
+    rows = landing.read_events(server.config.landing_db, "WHERE user_id = 'batcher'")
+    assert sorted(r["client_token"] for r in rows) == sorted(b["clientToken"] for b in good)
+    assert {r["protocol"] for r in rows} == {"batch"}
+
+
+def test_batch_needs_a_token_and_keeps_its_limits(server: Server) -> None:
+    body = ndjson([request_body("featureDevEvent", random.Random(2))])
+    with server.client("batcher2") as client:
+        r = client.post(BATCH, content=body, headers={"Authorization": "Bearer nope", **NDJSON})
+        assert r.status_code == 403
+        r = client.post(BATCH, content=body, headers={"Content-Type": "text/csv"})
+        assert r.status_code == 400
+        assert "text/csv" in r.json()["message"]
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = make_server(tmp_path_factory.mktemp("tight"), "--rate", "2", "--burst", "5",
+                    "--max-body-bytes", "2000")
+    yield s
+    s.stop()
+
+
+def test_rate_limit_throttles_per_token(tight: Server) -> None:
+    headers = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": TARGET}
+    rng = random.Random(3)
+    with tight.client("fast") as fast, tight.client("calm") as calm:
+        codes = [fast.post("/", content=orjson.dumps(request_body("featureDevEvent", rng)),
+                           headers=headers) for _ in range(8)]
+        assert [r.status_code for r in codes[:5]] == [200] * 5
+        throttled = codes[-1]
+        assert throttled.status_code == 429
+        assert throttled.json()["__type"] == "ThrottlingException"
+        assert throttled.headers["x-amzn-errortype"] == "ThrottlingException"
+        assert int(throttled.headers["retry-after"]) >= 1
+        # another user's token is not affected
+        r = calm.post("/", content=orjson.dumps(request_body("featureDevEvent", rng)),
+                      headers=headers)
+        assert r.status_code == 200
+
+
+def test_configured_body_limit(tight: Server) -> None:
+    body = request_body("chatAddMessageEvent", random.Random(4))
+    body["padding"] = "x" * 3000
+    with tight.client("big") as client:
+        r = client.post("/SendTelemetryEvent", content=orjson.dumps(body),
+                        headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["reason"] == "CONTENT_LENGTH_EXCEEDS_THRESHOLD"
+    assert "2000" in r.json()["message"]
+
+

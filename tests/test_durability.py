@@ -1,0 +1,127 @@
+"""Durability of the ack: SIGKILL under load loses no acknowledged event, and a full disk
+answers 503 (never 200 for an event not stored) and recovers once space is back."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from conftest import TARGET, Server, make_server
+
+from kiro_activity import landing
+from kiro_activity.simulate import request_body
+
+HEADERS = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": TARGET}
+
+
+def sender(server: Server, user: str, acked: list[str], stop: threading.Event) -> None:
+    """Send until the server dies or ``stop`` is set; remember each acknowledged clientToken."""
+    rng = random.Random(user)
+    with server.client(user) as client:
+        for _ in range(100_000):
+            if stop.is_set():
+                return
+            body = request_body("userTriggerDecisionEvent", rng, user_id=user)
+            try:
+                r = client.post("/", content=orjson.dumps(body), headers=HEADERS)
+            except httpx.HTTPError:
+                return
+            if r.status_code == 200:
+                acked.append(body["clientToken"])
+
+
+def test_sigkill_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    server = make_server(tmp_path / "data")
+    try:
+        acked: list[str] = []
+        stop = threading.Event()
+        users = [f"user{i}" for i in range(8)]
+        for user in users:
+            server.token(user)
+        threads = [threading.Thread(target=sender, args=(server, u, acked, stop)) for u in users]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while len(acked) < 1500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.kill()  # SIGKILL while the clients are still sending
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert len(acked) >= 1500
+        server.start()  # restart on the same data folder
+        rows = landing.read_events(server.config.landing_db)
+        tokens = {r["client_token"] for r in rows}
+        missing = [t for t in acked if t not in tokens]
+        assert missing == [], f"{len(missing)} acknowledged events lost"
+        assert len(rows) == len(tokens)  # each stored once
+        # a retry after the restart of an acknowledged send is answered 200 and not stored again
+        row = next(r for r in rows if r["client_token"] == acked[0])
+        with server.client(row["user_id"]) as client:
+            r = client.post("/", content=row["body"], headers=HEADERS)
+            assert r.status_code == 200
+        assert len(landing.read_events(server.config.landing_db)) == len(rows)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB filesystem (tmpfs) so that the disk really fills up; needs root."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_answers_503_then_recovers(small_disk: Path) -> None:
+    server = make_server(small_disk / "data")
+    ballast = small_disk / "ballast"
+    try:
+        free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+        ballast.write_bytes(b"\0" * max(0, free - 1_000_000))
+        acked: list[str] = []
+        rng = random.Random(1)
+        statuses: list[int] = []
+        with server.client("filler") as client:
+            for _ in range(20_000):
+                body = request_body("chatAddMessageEvent", rng)
+                body["padding"] = "p" * 2000
+                r = client.post("/", content=orjson.dumps(body), headers=HEADERS)
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    acked.append(body["clientToken"])
+                elif r.status_code == 503:
+                    assert r.json()["__type"] == "InternalServerException"
+                    assert r.headers["x-amzn-errortype"] == "InternalServerException"
+                    assert "retry-after" in r.headers
+                    break
+                else:
+                    pytest.fail(f"unexpected {r.status_code}: {r.text}")
+            assert statuses[-1] == 503, "the disk never filled up"
+            assert httpx.get(f"{server.url}/health").status_code == 503
+            ballast.unlink()  # space is back: the same process commits again
+            for _ in range(20):
+                body = request_body("chatAddMessageEvent", rng)
+                r = client.post("/", content=orjson.dumps(body), headers=HEADERS)
+                assert r.status_code == 200, r.text
+                acked.append(body["clientToken"])
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        tokens = {r["client_token"] for r in landing.read_events(server.config.landing_db)}
+        assert set(acked) <= tokens
+    finally:
+        server.stop()
