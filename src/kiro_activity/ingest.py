@@ -9,6 +9,7 @@ functions and the :class:`~.landing.LandingLog`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -39,6 +40,12 @@ BATCH_PATH = "/v1/batch/SendTelemetryEvent"
 OK_BODY = b"{}"
 JSON_HEADERS = [(b"content-type", b"application/json")]
 OPTOUT_HEADER = {"true": "OPTOUT", "false": "OPTIN"}
+WANTED_HEADERS = frozenset({
+    b"authorization", b"content-type", b"content-length", b"content-encoding", b"x-amz-target",
+    b"x-amzn-codewhisperer-optout",
+})
+_request_ids = itertools.count(1)
+_PROCESS_ID = uuid.uuid4().hex[:12]
 
 
 class IngestApp:
@@ -62,7 +69,8 @@ class IngestApp:
             return
         if scope["type"] != "http":
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+                   if k in WANTED_HEADERS}
         try:
             await self._route(scope["method"], scope["path"], headers, receive, send)
         except ApiError as exc:
@@ -200,7 +208,8 @@ def _not_found(method: str, path: str) -> ApiError:
 
 async def _send(send: Send, status: int, body: bytes,
                 extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [*JSON_HEADERS, (b"x-amzn-requestid", str(uuid.uuid4()).encode())]
+    request_id = f"{_PROCESS_ID}-{next(_request_ids):012d}".encode()
+    headers = [*JSON_HEADERS, (b"x-amzn-requestid", request_id)]
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -72,7 +72,7 @@ class LandingRecord:
     body: bytes
 
 
-Done = Callable[[int | BaseException], None]
+Done = Callable[[int | BaseException], None] | asyncio.Future[int]
 _STOP = object()
 
 
@@ -114,18 +114,14 @@ class LandingLog:
         self._conn.close()
 
     def submit(self, records: Sequence[LandingRecord], done: Done) -> None:
-        """Queue records; ``done`` gets the number newly stored, or the error, from the writer."""
+        """Queue records; ``done`` (a callback, or a future of an event loop) gets the number
+        newly stored, or the error, once the group is committed."""
         self._queue.put((records, done))
 
     async def append(self, records: Sequence[LandingRecord]) -> int:
         """Store records durably; returns how many were new (the rest were repeats)."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-
-        def done(result: int | BaseException) -> None:
-            loop.call_soon_threadsafe(_resolve, fut, result)
-
-        self.submit(records, done)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.put((records, fut))
         return await fut
 
     def append_sync(self, records: Sequence[LandingRecord]) -> int:
@@ -180,8 +176,17 @@ class LandingLog:
                 f"the event could not be stored ({exc}); nothing was stored, retry later"
             )
             results = [error] * len(group)
+        wakeups: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[int], Any]]] = {}
         for (_, done), result in zip(group, results, strict=True):
-            done(result)
+            if isinstance(done, asyncio.Future):  # one wake-up per event loop, not per request
+                wakeups.setdefault(done.get_loop(), []).append((done, result))
+            else:
+                done(result)
+        for loop, pairs in wakeups.items():
+            try:
+                loop.call_soon_threadsafe(_resolve_all, pairs)
+            except RuntimeError:
+                log.warning("event loop closed before %d results could be delivered", len(pairs))
 
     def _write(self, group: list[tuple[Sequence[LandingRecord], Done]]) -> list[int | BaseException]:
         conn = self._conn
@@ -204,13 +209,14 @@ def _row(received_us: int, r: LandingRecord) -> tuple[object, ...]:
     )
 
 
-def _resolve(fut: asyncio.Future[int], result: int | BaseException) -> None:
-    if fut.done():  # the request was cancelled (client went away); the event is stored anyway
-        return
-    if isinstance(result, BaseException):
-        fut.set_exception(result)
-    else:
-        fut.set_result(result)
+def _resolve_all(pairs: list[tuple[asyncio.Future[int], int | BaseException]]) -> None:
+    for fut, result in pairs:
+        if fut.done():  # the request was cancelled (client went away); the event is stored anyway
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

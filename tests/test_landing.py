@@ -1,0 +1,138 @@
+"""The landing log and the edges under it: group commit, dedupe, receipt time, the body reader,
+the rate limiter and the token cache."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kiro_activity import store
+from kiro_activity.auth import Authenticator, RateLimiter
+from kiro_activity.body import read_body
+from kiro_activity.errors import AccessDeniedError, ThrottlingError, ValidationError
+from kiro_activity.landing import LandingLog, LandingRecord, read_events
+
+
+def record(token: str | None, user: str = "u") -> LandingRecord:
+    return LandingRecord("111122223333", user, "featureDevEvent", token, None, None, None,
+                         "test", b"{}")
+
+
+def test_concurrent_appends_share_group_commits(tmp_path: Path) -> None:
+    log = LandingLog(tmp_path / "landing.db", clock=lambda: 1764547200.5)
+    log.start()
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(log.append([record(f"t{i}")]) for i in range(500)))
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        log.close()
+    assert results == [1] * 500
+    assert log.commits < 100  # 500 requests, far fewer fsyncs
+    rows = read_events(tmp_path / "landing.db")
+    assert len(rows) == 500
+    assert {r["received_us"] for r in rows} == {1764547200500000}
+
+
+def test_dedupe_is_per_user_and_only_with_client_token(tmp_path: Path) -> None:
+    log = LandingLog(tmp_path / "landing.db")
+    log.start()
+    try:
+        assert log.append_sync([record("a"), record("a"), record("a", "other")]) == 2
+        assert log.append_sync([record("a")]) == 0
+        assert log.append_sync([record(None), record(None)]) == 2
+    finally:
+        log.close()
+    assert len(read_events(tmp_path / "landing.db")) == 4
+
+
+def test_writer_survives_a_failing_commit(tmp_path: Path) -> None:
+    log = LandingLog(tmp_path / "landing.db")
+    log.start()
+    try:
+        log.run_in_writer(lambda c: c.execute("PRAGMA query_only=1"))
+        with pytest.raises(Exception, match="could not be stored"):
+            log.append_sync([record("x")])
+        assert not log.healthy
+        log.run_in_writer(lambda c: c.execute("PRAGMA query_only=0"))
+        assert log.append_sync([record("x")]) == 1
+        assert log.healthy
+    finally:
+        log.close()
+
+
+def receive_from(chunks: list[bytes]) -> Any:
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                for i, c in enumerate(chunks)] or [{"type": "http.request", "body": b""}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+    return receive
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=5000), st.lists(st.integers(0, 6000), max_size=6), st.booleans())
+def test_body_reader_any_chunking(data: bytes, cuts: list[int], gz: bool) -> None:
+    wire = gzip.compress(data) if gz else data
+    headers = {"content-encoding": "gzip"} if gz else {}
+    got = asyncio.run(read_body(receive_from(split(wire, cuts)), headers, 1 << 20))
+    assert got == data
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4000), st.lists(st.integers(0, 5000), max_size=4))
+def test_body_reader_limit_is_exact(limit: int, cuts: list[int]) -> None:
+    data = b"a" * 4000
+    for gz in (False, True):
+        wire = gzip.compress(data) if gz else data
+        headers = {"content-encoding": "gzip"} if gz else {}
+        coro = read_body(receive_from(split(wire, cuts)), headers, limit)
+        if len(data) <= limit and len(wire) <= limit:
+            assert asyncio.run(coro) == data
+        else:
+            with pytest.raises(ValidationError) as info:
+                asyncio.run(coro)
+            assert info.value.reason == "CONTENT_LENGTH_EXCEEDS_THRESHOLD"
+
+
+def test_rate_limiter_refills() -> None:
+    now = [0.0]
+    limiter = RateLimiter(10, 3, clock=lambda: now[0])
+    for _ in range(3):
+        limiter.check(1)
+    with pytest.raises(ThrottlingError) as info:
+        limiter.check(1)
+    assert info.value.retry_after == pytest.approx(0.1)
+    limiter.check(2)  # other keys have their own bucket
+    now[0] = 0.1
+    limiter.check(1)
+
+
+def test_token_cache_sees_revocation_by_another_connection(tmp_path: Path) -> None:
+    conn = store.connect(tmp_path / "control.db")
+    store.add_account(conn, "111122223333", "us-east-1", now=0)
+    [(_, token)] = store.issue_tokens(conn, "111122223333", ["u"], now=0)
+    auth = Authenticator(tmp_path / "control.db", clock=time.time)
+    try:
+        assert auth.principal(f"Bearer {token}").principal == "u"
+        assert auth.principal(f"Bearer {token}").principal == "u"  # cached
+        store.revoke_tokens(conn, "111122223333", now=1, token=token)
+        with pytest.raises(AccessDeniedError):
+            auth.principal(f"Bearer {token}")
+    finally:
+        auth.close()
+        conn.close()
