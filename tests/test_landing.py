@@ -126,7 +126,7 @@ def test_token_cache_sees_revocation_by_another_connection(tmp_path: Path) -> No
     conn = store.connect(tmp_path / "control.db")
     store.add_account(conn, "111122223333", "us-east-1", now=0)
     [(_, token)] = store.issue_tokens(conn, "111122223333", ["u"], now=0)
-    auth = Authenticator(tmp_path / "control.db", clock=time.time)
+    auth = Authenticator(tmp_path / "control.db", clock=time.time, recheck=0.0)
     try:
         assert auth.principal(f"Bearer {token}").principal == "u"
         assert auth.principal(f"Bearer {token}").principal == "u"  # cached
