@@ -55,6 +55,41 @@ def test_dedupe_is_per_user_and_only_with_client_token(tmp_path: Path) -> None:
     assert len(read_events(tmp_path / "landing.db")) == 4
 
 
+def test_dedupe_survives_reopen_and_ends_with_the_retention(tmp_path: Path) -> None:
+    now = [1764547200.0]
+    path = tmp_path / "landing.db"
+    for expected in (1, 0):  # the second log, opened afresh, knows the first one's keys
+        log = LandingLog(path, clock=lambda: now[0], retention_days=2)
+        log.start()
+        try:
+            assert log.append_sync([record("k")]) == expected
+        finally:
+            log.close()
+    now[0] += 86400 * 2  # still within two days of retention
+    log = LandingLog(path, clock=lambda: now[0], retention_days=2)
+    log.start()
+    try:
+        assert log.append_sync([record("k")]) == 0
+        now[0] += 86400  # the day of the first send has left the retention window
+        assert log.append_sync([record("k")]) == 1
+        assert log.append_sync([record("k")]) == 0
+    finally:
+        log.close()
+
+
+def test_failed_commit_does_not_remember_keys(tmp_path: Path) -> None:
+    log = LandingLog(tmp_path / "landing.db")
+    log.start()
+    try:
+        log.run_in_writer(lambda c: c.execute("PRAGMA query_only=1"))
+        with pytest.raises(Exception, match="could not be stored"):
+            log.append_sync([record("retry-me")])
+        log.run_in_writer(lambda c: c.execute("PRAGMA query_only=0"))
+        assert log.append_sync([record("retry-me")]) == 1  # the retry is stored, once
+    finally:
+        log.close()
+
+
 def test_writer_survives_a_failing_commit(tmp_path: Path) -> None:
     log = LandingLog(tmp_path / "landing.db")
     log.start()

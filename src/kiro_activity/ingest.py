@@ -57,7 +57,8 @@ class IngestApp:
         self.clock = clock
         self._own_landing = landing is None
         self.landing = landing or LandingLog(
-            config.landing_db, clock=clock, max_group=config.max_group_commit
+            config.landing_db, clock=clock, max_group=config.max_group_commit,
+            retention_days=config.retention_days,
         )
         self.auth = Authenticator(config.control_db, clock=clock)
         self.limiter = RateLimiter(config.rate_per_token, config.burst_per_token)

@@ -6,8 +6,9 @@ commits (one fsync for the whole group) and only then releases the waiters. So d
 one fsync per group of concurrent requests, not one per request, and a 200 is never sent for an
 event that is not on disk.
 
-Exactly once: a unique index on (account, user, clientToken) makes a repeated clientToken of the
-same user an ``INSERT OR IGNORE`` no-op; events without a clientToken are each stored.
+Exactly once: a repeated clientToken of the same user within the retention is recognised by the
+writer's in-memory :class:`~.dedupe.DedupeIndex` (kept off disk so that writes stay sequential)
+and not stored again; events without a clientToken are each stored.
 
 The receipt time of an event is the writer's clock at the commit of its group, so a day closes
 cleanly: once the clock has passed midnight no event can get a receipt time in the day before.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .dedupe import DAY_US, DedupeIndex, dedupe_key
 from .errors import StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -38,22 +40,21 @@ CREATE TABLE IF NOT EXISTS events (
     user_id      TEXT NOT NULL,
     member       TEXT NOT NULL,
     client_token TEXT,
+    dedupe_key   INTEGER,
     opt_out      TEXT,
     client_ts    REAL,
     ide_category TEXT,
     protocol     TEXT NOT NULL,
     body         BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_dedupe
-    ON events(account_id, user_id, client_token) WHERE client_token IS NOT NULL;
 """
 INSERT = (
-    "INSERT OR IGNORE INTO events (received_us, account_id, user_id, member, client_token,"
-    " opt_out, client_ts, ide_category, protocol, body) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO events (received_us, account_id, user_id, member, client_token, dedupe_key,"
+    " opt_out, client_ts, ide_category, protocol, body) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 COLUMNS = (
-    "seq", "received_us", "account_id", "user_id", "member", "client_token", "opt_out",
-    "client_ts", "ide_category", "protocol", "body",
+    "seq", "received_us", "account_id", "user_id", "member", "client_token", "dedupe_key",
+    "opt_out", "client_ts", "ide_category", "protocol", "body",
 )
 
 
@@ -92,13 +93,21 @@ class LandingLog:
     """The durable, deduplicating event log with a group-committing writer thread."""
 
     def __init__(
-        self, path: Path, *, clock: Callable[[], float] = time.time, max_group: int = 4096
+        self, path: Path, *, clock: Callable[[], float] = time.time, max_group: int = 4096,
+        retention_days: int = 30,
     ) -> None:
         self.path = path
         self.clock = clock
         self.max_group = max_group
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._conn = connect(path)
+        self.seen = DedupeIndex(retention_days)
+        now_us = int(clock() * 1_000_000)
+        self.seen.load(self._conn.execute(
+            "SELECT received_us, dedupe_key FROM events"
+            " WHERE dedupe_key IS NOT NULL AND received_us >= ?",
+            (self.seen.oldest_kept_us(now_us),),
+        ))
         self._thread = threading.Thread(target=self._run, name="landing-writer", daemon=True)
         self.commits = 0
         self.healthy = True
@@ -189,24 +198,30 @@ class LandingLog:
                 log.warning("event loop closed before %d results could be delivered", len(pairs))
 
     def _write(self, group: list[tuple[Sequence[LandingRecord], Done]]) -> list[int | BaseException]:
-        conn = self._conn
         received_us = int(self.clock() * 1_000_000)
-        conn.execute("BEGIN IMMEDIATE")
+        self.seen.expire(received_us)
+        new_keys: set[int] = set()
+        rows: list[tuple[object, ...]] = []
         counts: list[int | BaseException] = []
         for records, _ in group:
-            before = conn.total_changes
-            conn.executemany(INSERT, [_row(received_us, r) for r in records])
-            counts.append(conn.total_changes - before)
+            before = len(rows)
+            for r in records:
+                key = None
+                if r.client_token is not None:
+                    key = dedupe_key(r.account_id, r.user_id, r.client_token)
+                    if key in new_keys or key in self.seen:
+                        continue  # a repeat: answered as stored, not stored again
+                    new_keys.add(key)
+                rows.append((received_us, r.account_id, r.user_id, r.member, r.client_token,
+                             key, r.opt_out, r.client_ts, r.ide_category, r.protocol, r.body))
+            counts.append(len(rows) - before)
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(INSERT, rows)
         conn.execute("COMMIT")
+        self.seen.add(received_us // DAY_US, new_keys)  # only once they are on disk
         self.commits += 1
         return counts
-
-
-def _row(received_us: int, r: LandingRecord) -> tuple[object, ...]:
-    return (
-        received_us, r.account_id, r.user_id, r.member, r.client_token, r.opt_out,
-        r.client_ts, r.ide_category, r.protocol, r.body,
-    )
 
 
 def _resolve_all(pairs: list[tuple[asyncio.Future[int], int | BaseException]]) -> None:
