@@ -81,8 +81,8 @@ def single(work: Path, seconds: int, rounds: int) -> None:
         wrk(hello_port, 2, work / "tokens.txt", work / "body.json")  # warm-up
         wrk(port, 2, work / "tokens.txt", work / "body.json")
         for _ in range(rounds):
-            results["hello"].append(wrk(hello_port, seconds, work / "tokens.txt", work / "body.json"))
-            results["ours"].append(wrk(port, seconds, work / "tokens.txt", work / "body.json"))
+            for name, p in (("hello", hello_port), ("ours", port)):
+                results[name].append(wrk(p, seconds, work / "tokens.txt", work / "body.json"))
     finally:
         hello.terminate()
         ours.terminate()

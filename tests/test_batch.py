@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
-from conftest import TARGET, Server, make_server
 
+from conftest import TARGET, Server, make_server
 from kiro_activity import landing
 from kiro_activity.simulate import request_body
 

@@ -6,8 +6,8 @@ import random
 from pathlib import Path
 
 import orjson
-from conftest import ACCOUNT, TARGET, Server, cli
 
+from conftest import ACCOUNT, TARGET, Server, cli
 from kiro_activity.simulate import request_body
 
 HEADERS = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": TARGET}

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from conftest import TARGET, Server, make_server
 
+from conftest import TARGET, Server, make_server
 from kiro_activity import landing
 from kiro_activity.simulate import request_body
 

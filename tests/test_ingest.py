@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import ACCOUNT, OTHER_PROFILE, PROFILE, TARGET, Server
 
+from conftest import ACCOUNT, OTHER_PROFILE, PROFILE, TARGET, Server
 from kiro_activity import events, landing
 from kiro_activity.simulate import request_body
 
@@ -43,8 +43,8 @@ def assert_error(r: httpx.Response, status: int, type_name: str, *needles: str) 
 @pytest.mark.parametrize("protocol", ["aws", "rest"])
 @pytest.mark.parametrize("member", sorted(events.MEMBERS))
 def test_every_member_is_stored_as_sent(server: Server, member: str, protocol: str) -> None:
-    body = request_body(member, random.Random(member + protocol), user_id="alice", ts=1764547200.123,
-                        profile_arn=PROFILE)
+    body = request_body(member, random.Random(member + protocol), user_id="alice",
+                        ts=1764547200.123, profile_arn=PROFILE)
     raw = orjson.dumps(body)
     with server.client("alice") as client:
         r = post(client, raw, protocol)

@@ -9,7 +9,6 @@ works, and a revoked one is refused, within 20 ms of the command that changed it
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,9 @@ DENIED = "the bearer token is missing, unknown, revoked or expired"
 def bearer_token(authorization: str | None) -> str:
     """The token of an ``Authorization: Bearer <token>`` header, or AccessDeniedError."""
     if not authorization:
-        raise AccessDeniedError("missing Authorization header; send 'Authorization: Bearer <token>'")
+        raise AccessDeniedError(
+            "missing Authorization header; send 'Authorization: Bearer <token>'"
+        )
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AccessDeniedError("the Authorization header must be 'Bearer <token>'")
@@ -65,7 +66,9 @@ class Authenticator:
         if found is None or (found.expires_at is not None and found.expires_at <= now):
             raise AccessDeniedError(DENIED)
         if found.kind != kind:
-            raise AccessDeniedError(f"this operation needs a {kind} token, not an {found.kind} token")
+            raise AccessDeniedError(
+                f"this operation needs a {kind} token, not an {found.kind} token"
+            )
         return found
 
     def _refresh(self) -> None:

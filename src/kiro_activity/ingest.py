@@ -22,8 +22,14 @@ from . import events, openapi
 from .auth import Authenticator, RateLimiter
 from .body import ClientDisconnected, read_body
 from .config import Config
-from .errors import AccessDeniedError, ApiError, InternalServerError, ThrottlingError
-from .errors import UnknownOperationError, ValidationError
+from .errors import (
+    AccessDeniedError,
+    ApiError,
+    InternalServerError,
+    ThrottlingError,
+    UnknownOperationError,
+    ValidationError,
+)
 from .landing import LandingLog, LandingRecord
 from .store import Principal
 

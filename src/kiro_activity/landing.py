@@ -17,6 +17,7 @@ cleanly: once the clock has passed midnight no event can get a receipt time in t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -197,7 +198,9 @@ class LandingLog:
             except RuntimeError:
                 log.warning("event loop closed before %d results could be delivered", len(pairs))
 
-    def _write(self, group: list[tuple[Sequence[LandingRecord], Done]]) -> list[int | BaseException]:
+    def _write(
+        self, group: list[tuple[Sequence[LandingRecord], Done]]
+    ) -> list[int | BaseException]:
         received_us = int(self.clock() * 1_000_000)
         self.seen.expire(received_us)
         new_keys: set[int] = set()
@@ -235,10 +238,8 @@ def _resolve_all(pairs: list[tuple[asyncio.Future[int], int | BaseException]]) -
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
-    try:
+    with contextlib.suppress(sqlite3.Error):  # no transaction was open (BEGIN itself failed)
         conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass  # no transaction was open (BEGIN itself failed)
 
 
 def _call(fn: Callable[[sqlite3.Connection], object], conn: sqlite3.Connection,

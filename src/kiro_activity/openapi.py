@@ -49,8 +49,9 @@ def _operation(summary: str, content_type: str, extra: dict[str, Any]) -> dict[s
 
 def document(config: Config) -> dict[str, Any]:
     """The whole OpenAPI document for this service's configuration."""
+    operation = "AmazonCodeWhispererService.SendTelemetryEvent"
     target = {"name": "X-Amz-Target", "in": "header", "required": True,
-              "schema": {"type": "string", "const": "AmazonCodeWhispererService.SendTelemetryEvent"}}
+              "schema": {"type": "string", "const": operation}}
     batch_ok = {"description": "per-line results: `{lines, accepted, stored, duplicates, rejected,"
                 " results: [{line, status, __type?, message?}]}`",
                 "content": {"application/json": {"schema": {"type": "object"}}}}

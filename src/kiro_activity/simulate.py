@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 LANGUAGES = ["python", "typescript", "java", "go", "rust", "javascript", "csharp"]
@@ -36,7 +37,7 @@ def member_event(member: str, rng: random.Random, *, user_id: str, ts: float) ->
     lang = {"languageName": rng.choice(LANGUAGES)}
     n = rng.randint
     conv, msg, job = _id(rng), _id(rng), _id(rng)
-    return {
+    makers: dict[str, Callable[[], dict[str, Any]]] = {
         "userTriggerDecisionEvent": lambda: {
             "sessionId": _id(rng), "requestId": _id(rng), "programmingLanguage": lang,
             "completionType": rng.choice(["LINE", "BLOCK"]),
@@ -135,7 +136,8 @@ def member_event(member: str, rng: random.Random, *, user_id: str, ts: float) ->
             "messageId": msg, "conversationId": conv, "origin": "IDE", "userId": user_id,
             "date": "2026-11-30", "chatMessages": n(1, 30), "codeBlocksGenerated": n(0, 10),
             "creditsUsed": round(rng.random() * 3, 2)},
-    }[member]()
+    }
+    return makers[member]()
 
 
 def request_body(member: str, rng: random.Random, *, user_id: str = "user", ts: float = 0.0,
