@@ -12,14 +12,18 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from . import landing, store
+from . import aggregate, daily, landing, metrics, store
+from . import settings as settings_mod
 from .config import Config
-from .errors import KiroActivityError
+from .deliver import Backoff
+from .errors import KiroActivityError, UsageError
+from .report import build_drop
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,24 +64,36 @@ def _control(ctx: click.Context) -> sqlite3.Connection:
 @click.option("--burst", type=float, help="Burst allowance per token. [default: 1000]")
 @click.option("--max-body-bytes", type=int, help="Largest request body. [default: 1 MiB]")
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
+@click.option("--schedule/--no-schedule", default=True, show_default=True,
+              help="Produce and deliver reports at 00:00 UTC.")
+@click.option("--fake-clock-start", hidden=True,
+              help="Testing aid: run the service's clock from this ISO time.")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: float | None,
-          max_body_bytes: int | None, access_log: bool) -> None:
-    """Serve SendTelemetryEvent (awsJson 1.0 and restJson1) and the bulk-import endpoint."""
+          max_body_bytes: int | None, access_log: bool, schedule: bool,
+          fake_clock_start: str | None) -> None:
+    """Serve SendTelemetryEvent (awsJson 1.0 and restJson1) and the bulk-import endpoint,
+    and deliver each enabled account's report at 00:00 UTC."""
     import uvicorn
 
     from .ingest import create_app
 
     config = Config.from_environ(
         data_dir=ctx.obj.data_dir, host=host, port=port, rate_per_token=rate,
-        burst_per_token=burst, max_body_bytes=max_body_bytes,
+        burst_per_token=burst, max_body_bytes=max_body_bytes, schedule=schedule,
     )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store.connect(config.control_db).close()
     click.echo(f"kiro-activity serving on http://{host}:{port} (data in {config.data_dir})",
                err=True)
-    uvicorn.run(create_app(config), host=host, port=port, loop="uvloop", http="httptools",
-                lifespan="on", access_log=access_log, log_level="warning")
+    clock = time.time
+    if fake_clock_start:
+        start, t0 = datetime.fromisoformat(fake_clock_start).timestamp(), time.monotonic()
+
+        def clock() -> float:
+            return start + (time.monotonic() - t0)
+    uvicorn.run(create_app(config, clock=clock), host=host, port=port, loop="uvloop",
+                http="httptools", lifespan="on", access_log=access_log, log_level="warning")
 
 
 @main.group()
@@ -199,6 +215,135 @@ def demo(ctx: click.Context, users: int, port: int) -> None:
     from .demo import run_demo
 
     run_demo(ctx.obj, users=users, port=port)
+
+
+@main.group("settings")
+def settings_group() -> None:
+    """Show and change an account's report settings."""
+
+
+@settings_group.command("show")
+@click.argument("account_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@_errors
+def settings_show(ctx: click.Context, account_id: str, as_json: bool) -> None:
+    """Print ACCOUNT_ID's settings."""
+    values = settings_mod.get(_control(ctx), account_id).as_dict()
+    if as_json:
+        click.echo(json.dumps(values, indent=2))
+        return
+    for name, value in values.items():
+        click.echo(f"{name}\t{'' if value is None else value}")
+
+
+def _setting_help(name: str) -> str:
+    return next(h for n, _, _, h in settings_mod.TABLE if n == name)
+
+
+@settings_group.command("set")
+@click.argument("account_id")
+@click.option("--enable/--disable", default=None, help=_setting_help("enabled"))
+@click.option("--s3-uri", help=_setting_help("s3_uri"))
+@click.option("--layout", type=click.Choice(["documented", "delivered"]),
+              help=_setting_help("layout"))
+@click.option("--sse", type=click.Choice(["AES256", "aws:kms"]), help=_setting_help("sse"))
+@click.option("--kms-key-arn", help=_setting_help("kms_key_arn"))
+@click.pass_context
+@_errors
+def settings_set(ctx: click.Context, account_id: str, enable: bool | None, s3_uri: str | None,
+                 layout: str | None, sse: str | None, kms_key_arn: str | None) -> None:
+    """Validate and save settings; refuse with every problem listed (exit 1)."""
+    now = time.time()
+    saved = settings_mod.update(
+        _control(ctx), account_id, now=now, today=datetime.fromtimestamp(now, UTC).date(),
+        enabled=enable, s3_uri=s3_uri, layout=layout, sse=sse, kms_key_arn=kms_key_arn)
+    click.echo(json.dumps(saved.as_dict(), indent=2))
+
+
+@main.group()
+def report() -> None:
+    """Build, deliver and inspect the daily per-user activity reports."""
+
+
+@report.command("build")
+@click.option("--account", "account_id", required=True)
+@click.option("--date", "day", required=True, help="The UTC day, YYYY-MM-DD (today: so far).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder to write the files under, at their keys.")
+@click.pass_context
+@_errors
+def report_build(ctx: click.Context, account_id: str, day: str, out: Path) -> None:
+    """Write a day's report files under OUT without delivering them; prints their paths."""
+    conn = _control(ctx)
+    account = store.require_account(conn, account_id)
+    s = settings_mod.get(conn, account_id)
+    prefix = settings_mod.split_s3_uri(s.s3_uri)[1] if s.s3_uri else ""
+    when = daily.check_day(day)
+    now = time.time()
+    agg = aggregate.aggregate_day(ctx.obj.landing_db, account_id, when)
+    drop = build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
+                      generated_at=datetime.fromtimestamp(now, UTC),
+                      partial=not daily.closed(when, now))
+    for obj in drop.objects:
+        path = out / obj.key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(obj.data)
+        click.echo(str(path))
+    click.echo(f"{drop.users} users, {drop.events} events, {len(drop.parts)} part(s)", err=True)
+
+
+@report.command("run")
+@click.option("--account", "account_id", required=True)
+@click.option("--date", "day", required=True, help="A closed UTC day, YYYY-MM-DD.")
+@click.option("--replace", is_flag=True, help="Regenerate and overwrite a delivered day.")
+@click.option("--attempts", default=3, show_default=True, help="Tries per object.")
+@click.pass_context
+@_errors
+def report_run(ctx: click.Context, account_id: str, day: str, replace: bool,
+               attempts: int) -> None:
+    """Produce and deliver a closed day now (resumes a planned one; idempotent)."""
+    when = daily.check_day(day)
+    if not daily.closed(when, time.time()):
+        raise UsageError(f"{when} is not closed yet (it closes at 00:00 UTC); "
+                         "use 'report build' to look at it so far")
+    outcome = daily.deliver_day(ctx.obj, account_id, when, now=time.time, replace=replace,
+                                attempts=attempts, backoff=Backoff(base=0.5, cap=5))
+    for key, result in outcome.objects:
+        click.echo(f"{result}\t{key}")
+    if outcome.state == "failed":
+        assert outcome.error is not None
+        raise outcome.error
+    click.echo(f"{account_id} {when}: {outcome.state.replace('_', ' ')}", err=True)
+
+
+@report.command("status")
+@click.option("--account", "account_id", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@_errors
+def report_status(ctx: click.Context, account_id: str, as_json: bool) -> None:
+    """Each day's delivery state, and the last delivery error."""
+    info = daily.status(_control(ctx), account_id)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for d in info["days"]:  # type: ignore[attr-defined]
+        click.echo(f"{d['day']}\t{d['state']}\t{d['users']} users\t{d['events']} events\t"
+                   f"{d['objects_delivered']}/{d['objects']} objects\t{d['destination']}")
+    err = info["last_error"]
+    if err:
+        click.echo(f"last delivery error: {err}", err=True)
+
+
+@main.command("metrics")
+@click.option("--markdown", is_flag=True, help="Print the docs table instead of metrics.json.")
+def metrics_cmd(markdown: bool) -> None:
+    """Print the metric definitions (metrics.json), derived from the one rule table."""
+    if markdown:
+        click.echo(metrics.docs_markdown(), nl=False)
+    else:
+        click.echo(metrics.definitions_json().decode(), nl=False)
 
 
 def _asdict(obj: Any) -> dict[str, Any]:

@@ -34,6 +34,8 @@ class Config:
     retention_days: int = 30
     #: most requests the writer commits in one transaction
     max_group_commit: int = 4096
+    #: produce and deliver reports at 00:00 UTC from the running service
+    schedule: bool = True
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
@@ -45,7 +47,10 @@ class Config:
             if raw is None:
                 continue
             kind = type(getattr(cls, f.name))
-            values[f.name] = Path(raw) if kind is type(Path()) else kind(raw)
+            if kind is bool:
+                values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[f.name] = Path(raw) if kind is type(Path()) else kind(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)  # type: ignore[arg-type]
 

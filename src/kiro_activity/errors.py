@@ -10,7 +10,11 @@
     │   ├── ThrottlingError             429  over the per-token rate limit
     │   └── InternalServerError         500  our fault (503 when the store cannot commit)
     │       └── StoreUnavailableError   503  the landing log could not commit (disk full, I/O)
-    └── UsageError                      a CLI/library caller asked for something impossible
+    ├── UsageError                      a CLI/library caller asked for something impossible
+    └── DeliveryError                   a report object could not be put at its destination
+        ├── TransientDeliveryError      throttling, 5xx, connection: retry with backoff
+        └── ConfigurationDeliveryError  403, no bucket, wrong owner, KMS denied, wrong Region:
+                                        retried too, and shown to the admin at once
 
 Every message names the bad value or field and, where it helps, what to do instead.
 """
@@ -88,3 +92,26 @@ class StoreUnavailableError(InternalServerError):
 
 class UsageError(KiroActivityError):
     """A caller asked for something impossible (unknown account, bad id); exit 1 in the CLI."""
+
+
+class DeliveryError(KiroActivityError):
+    """A put failed; ``code`` is the destination's error code (S3's, or ours)."""
+
+    transient = True
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class TransientDeliveryError(DeliveryError):
+    """Throttling, a 5xx or a lost connection: retried quietly with backoff and jitter."""
+
+    transient = True
+
+
+class ConfigurationDeliveryError(DeliveryError):
+    """The destination refuses us (access, bucket, owner, KMS, Region): the admin must act."""
+
+    transient = False

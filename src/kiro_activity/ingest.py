@@ -9,6 +9,7 @@ functions and the :class:`~.landing.LandingLog`.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -31,6 +32,7 @@ from .errors import (
     ValidationError,
 )
 from .landing import LandingLog, LandingRecord
+from .schedule import Scheduler
 from .store import Principal
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,9 @@ class IngestApp:
         self.auth = Authenticator(config.control_db, clock=clock)
         self.limiter = RateLimiter(config.rate_per_token, config.burst_per_token)
         self._openapi = orjson.dumps(openapi.document(config))
+        self.scheduler = Scheduler(config, clock) if config.schedule else None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -94,13 +99,22 @@ class IngestApp:
             if message["type"] == "lifespan.startup":
                 if self._own_landing:
                     self.landing.start()
+                if self.scheduler is not None:
+                    self._tasks.append(asyncio.create_task(
+                        self.scheduler.run(self._stop, self._barrier)))
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self._stop.set()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
                 if self._own_landing:
                     self.landing.close()
                 self.auth.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _barrier(self) -> None:
+        """Wait until every group handed to the landing writer so far is committed."""
+        await asyncio.to_thread(self.landing.run_in_writer, lambda conn: None)
 
     async def _route(self, method: str, path: str, headers: dict[str, str],
                      receive: Receive, send: Send) -> None:

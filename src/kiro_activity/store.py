@@ -37,6 +37,51 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at  REAL
 );
 CREATE INDEX IF NOT EXISTS tokens_by_principal ON tokens(account_id, principal);
+CREATE TABLE IF NOT EXISTS settings (
+    account_id     TEXT PRIMARY KEY REFERENCES accounts(account_id),
+    enabled        INTEGER NOT NULL DEFAULT 0,
+    s3_uri         TEXT,
+    layout         TEXT NOT NULL DEFAULT 'documented',
+    sse            TEXT NOT NULL DEFAULT 'AES256',
+    kms_key_arn    TEXT,
+    enabled_since  TEXT,
+    updated_at     REAL
+);
+-- the delivery ledger: a drop is planned (keys, bytes, digests) before its first put
+CREATE TABLE IF NOT EXISTS drops (
+    account_id   TEXT NOT NULL,
+    day          TEXT NOT NULL,
+    layout       TEXT NOT NULL,
+    destination  TEXT NOT NULL,
+    users        INTEGER NOT NULL,
+    events       INTEGER NOT NULL,
+    planned_at   REAL NOT NULL,
+    delivered_at REAL,
+    replacements INTEGER NOT NULL DEFAULT 0,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (account_id, day)
+);
+CREATE TABLE IF NOT EXISTS drop_objects (
+    account_id   TEXT NOT NULL,
+    day          TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    key          TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    sha256       TEXT NOT NULL,
+    size         INTEGER NOT NULL,
+    data         BLOB NOT NULL,
+    delivered_at REAL,
+    result       TEXT,
+    PRIMARY KEY (account_id, day, seq)
+);
+CREATE TABLE IF NOT EXISTS delivery_errors (
+    account_id    TEXT PRIMARY KEY,
+    at            REAL NOT NULL,
+    day           TEXT NOT NULL,
+    code          TEXT NOT NULL,
+    message       TEXT NOT NULL,
+    configuration INTEGER NOT NULL
+);
 """
 
 ACCOUNT_RE = re.compile(r"\d{12}")

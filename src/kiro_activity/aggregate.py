@@ -1,0 +1,134 @@
+"""The 44 metrics per (account, user, UTC receipt day), computed by DuckDB from the raw events.
+
+The SQL is generated from the rule table of :mod:`.metrics`, so a rule exists once; the tests hold
+the result to :func:`.metrics.evaluate`, the same rules applied in plain Python. Events are read
+from the landing log for the day's receipt-time window and handed to DuckDB as Arrow data (DuckDB
+cannot load its SQLite extension offline); each member object is parsed once by DuckDB's JSON
+reader, and only the fields the rules use are extracted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from . import landing
+from .metrics import METRICS, Rule
+
+DAY_US = 86_400_000_000
+NUMBER_TYPES = "('UBIGINT', 'BIGINT', 'DOUBLE')"
+
+
+@dataclass(frozen=True)
+class DayAggregate:
+    """One account's day: per user (in code-point order) the 44 metrics in METRICS order."""
+
+    account_id: str
+    day: date
+    window: tuple[int, int]  # receipt time, epoch microseconds, [start, end)
+    rows: list[tuple[str, list[int]]]
+    events: int
+
+
+def day_window(day: date) -> tuple[int, int]:
+    start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * 1_000_000
+    return start, start + DAY_US
+
+
+def day_of(epoch_us: int) -> date:
+    return date(1970, 1, 1) + timedelta(days=epoch_us // DAY_US)
+
+
+def read_day(landing_db: Path, account_id: str, day: date) -> pa.Table:
+    """The account's events received in ``day``: user_id, member, ide_category, body (text)."""
+    start, end = day_window(day)
+    conn = landing.connect(landing_db, readonly=True)
+    try:
+        cur = conn.execute(
+            "SELECT user_id, member, ide_category, CAST(body AS TEXT) FROM events"
+            " WHERE received_us >= ? AND received_us < ? AND account_id = ?",
+            (start, end, account_id),
+        )
+        columns: list[list[object]] = [[], [], [], []]
+        while batch := cur.fetchmany(50_000):
+            for column, values in zip(columns, zip(*batch, strict=True), strict=True):
+                column.extend(values)
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        columns = [[], [], [], []]
+    finally:
+        conn.close()
+    return pa.table({name: pa.array(col, pa.string()) for name, col in
+                     zip(("user_id", "member", "ide_category", "body"), columns, strict=True)})
+
+
+def _fields() -> tuple[set[str], set[str]]:
+    numeric = {m.rule.field for m in METRICS if m.rule.field}
+    text = {f for m in METRICS for f, _ in m.rule.where} | {
+        f for m in METRICS for f in m.rule.distinct_on}
+    return {f for f in numeric if f}, text
+
+
+def _quote(values: object) -> str:
+    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in sorted(values))  # type: ignore[call-overload]
+
+
+def _condition(rule: Rule) -> str:
+    parts = [f"member IN ({_quote(rule.members)})"]
+    if rule.not_cli:
+        parts.append("ide_category IS DISTINCT FROM 'CLI'")
+    parts += [f"s_{f} IN ({_quote(values)})" for f, values in rule.where]
+    return " AND ".join(parts)
+
+
+def _expression(rule: Rule) -> str:
+    cond = _condition(rule)
+    if rule.agg == "count":
+        return f"count(*) FILTER (WHERE {cond})"
+    if rule.agg == "sum":
+        return f"coalesce(sum(n_{rule.field}) FILTER (WHERE {cond}), 0)"
+    key = ", ".join(f"'{f}': s_{f}" for f in rule.distinct_on)
+    return f"count(DISTINCT {{{key}}}) FILTER (WHERE {cond})"
+
+
+def query() -> str:
+    """The whole aggregation as one DuckDB query over a relation ``raw``."""
+    numeric, text = _fields()
+    project = [f"CASE WHEN json_type(ev, '$.\"{f}\"') IN {NUMBER_TYPES} THEN "
+               f"TRY_CAST(json_extract_string(ev, '$.\"{f}\"') AS HUGEINT) END AS n_{f}"
+               for f in sorted(numeric)]
+    project += [f"CASE WHEN json_type(ev, '$.\"{f}\"') = 'VARCHAR' THEN "
+                f"json_extract_string(ev, '$.\"{f}\"') END AS s_{f}" for f in sorted(text)]
+    aggregates = ",\n  ".join(_expression(m.rule) for m in METRICS)
+    return (
+        "WITH events AS (\n"
+        "  SELECT user_id, member, ide_category,"
+        " json_extract(body, '$.telemetryEvent.\"' || member || '\"') AS ev FROM raw\n"
+        "), fields AS (\n"
+        f"  SELECT user_id, member, ide_category, {', '.join(project)} FROM events\n"
+        ")\n"
+        f"SELECT user_id, count(*) AS events,\n  {aggregates}\nFROM fields GROUP BY user_id"
+    )
+
+
+def aggregate_table(raw: pa.Table) -> tuple[list[tuple[str, list[int]]], int]:
+    """Per user (code-point order) the metrics in METRICS order, and the number of events."""
+    con = duckdb.connect()
+    try:
+        con.register("raw", raw)
+        result = con.execute(query()).fetchall()
+    finally:
+        con.close()
+    rows = sorted(((r[0], [int(v) for v in r[2:]]) for r in result), key=lambda r: r[0])
+    return rows, sum(int(r[1]) for r in result)
+
+
+def aggregate_day(landing_db: Path, account_id: str, day: date) -> DayAggregate:
+    rows, events = aggregate_table(read_day(landing_db, account_id, day))
+    return DayAggregate(account_id, day, day_window(day), rows, events)

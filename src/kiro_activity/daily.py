@@ -1,0 +1,190 @@
+"""One account's day, produced and delivered exactly as planned: the delivery ledger.
+
+``deliver_day`` plans the drop once (aggregate, render, and freeze keys, bytes and SHA-256 of every
+object in the ledger, in one transaction) and then puts the frozen objects in order, the manifest
+last, recording each one as it lands. A crash at any point resumes the same plan: the keys and
+bytes never change between attempts, a put that already landed answers 412 (already there), and
+nothing new is rendered. ``--replace`` plans the day again on purpose and overwrites.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from . import settings as settings_mod
+from .aggregate import aggregate_day
+from .config import Config
+from .deliver import Backoff, Destination, LocalDestination, S3Destination, put_with_retries
+from .errors import DeliveryError, UsageError
+from .report import build_drop
+from .store import Account, connect, require_account, transaction
+
+
+@dataclass
+class Outcome:
+    """What happened to one account's day."""
+
+    account_id: str
+    day: date
+    state: str  # delivered | already_delivered | failed
+    objects: list[tuple[str, str]] = field(default_factory=list)  # (key, result)
+    error: DeliveryError | None = None
+
+
+def destination_for(config: Config, account: Account,
+                    s: settings_mod.Settings) -> tuple[Destination, str, str]:
+    """The destination, its description (recorded in the ledger) and the key prefix."""
+    if s.s3_uri:
+        bucket, prefix = settings_mod.split_s3_uri(s.s3_uri)
+        dest = S3Destination(bucket, expected_owner=account.account_id, region=account.region,
+                             sse=s.sse, kms_key_arn=s.kms_key_arn)
+        return dest, f"s3://{bucket}/{prefix}/ ({s.layout}, {s.sse})", prefix
+    root = config.data_dir / "reports"
+    return LocalDestination(root), f"folder {root.resolve()} ({s.layout})", ""
+
+
+def closed(day: date, now: float) -> bool:
+    """Day D is closed from 00:00 UTC of D+1."""
+    return datetime.fromtimestamp(now, UTC).date() > day
+
+
+def _plan_row(conn: sqlite3.Connection, account_id: str, day: date) -> tuple[object, ...] | None:
+    row: tuple[object, ...] | None = conn.execute(
+        "SELECT destination, delivered_at, replacements FROM drops"
+        " WHERE account_id = ? AND day = ?", (account_id, day.isoformat())).fetchone()
+    return row
+
+
+def plan(conn: sqlite3.Connection, config: Config, account: Account, day: date, *,
+         s: settings_mod.Settings, description: str, prefix: str, now: float,
+         replace: bool) -> None:
+    """Aggregate, render and freeze the day's drop in the ledger (one transaction)."""
+    agg = aggregate_day(config.landing_db, account.account_id, day)
+    drop = build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
+                      generated_at=datetime.fromtimestamp(now, UTC), partial=not closed(day, now))
+    key = (account.account_id, day.isoformat())
+    with transaction(conn):
+        previous = _plan_row(conn, account.account_id, day)
+        replacements = int(str(previous[2])) + 1 if previous and replace else 0
+        conn.execute("DELETE FROM drop_objects WHERE account_id = ? AND day = ?", key)
+        conn.execute("INSERT OR REPLACE INTO drops (account_id, day, layout, destination, users,"
+                     " events, planned_at, replacements) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                     (*key, s.layout, description, drop.users, drop.events, now, replacements))
+        conn.executemany(
+            "INSERT INTO drop_objects (account_id, day, seq, key, content_type, sha256, size,"
+            " data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*key, seq, o.key, o.content_type, o.sha256, len(o.data), o.data)
+             for seq, o in enumerate(drop.objects)])
+
+
+def deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[], float],
+                replace: bool = False, attempts: int = 1, backoff: Backoff | None = None,
+                sleep: Callable[[float], None] = time.sleep,
+                destination: Destination | None = None) -> Outcome:
+    """Plan the day if needed, then put every object not yet delivered, in order."""
+    conn = connect(config.control_db)
+    try:
+        account = require_account(conn, account_id)
+        s = settings_mod.get(conn, account_id)
+        dest, description, prefix = destination_for(config, account, s)
+        dest = destination or dest
+        row = _plan_row(conn, account_id, day)
+        if row and row[1] is not None and not replace:
+            return Outcome(account_id, day, "already_delivered")
+        delivered_any = row is not None and conn.execute(
+            "SELECT 1 FROM drop_objects WHERE account_id = ? AND day = ? AND delivered_at"
+            " IS NOT NULL", (account_id, day.isoformat())).fetchone() is not None
+        if row is None or replace or (row[0] != description and not delivered_any):
+            plan(conn, config, account, day, s=s, description=description, prefix=prefix,
+                 now=now(), replace=replace)
+        return _send(conn, dest, account_id, day, now=now, attempts=attempts,
+                     backoff=backoff or Backoff(), sleep=sleep)
+    finally:
+        conn.close()
+
+
+def _send(conn: sqlite3.Connection, dest: Destination, account_id: str, day: date, *,
+          now: Callable[[], float], attempts: int, backoff: Backoff,
+          sleep: Callable[[float], None]) -> Outcome:
+    key = (account_id, day.isoformat())
+    replacing = int(conn.execute("SELECT replacements FROM drops WHERE account_id = ? AND day = ?",
+                                 key).fetchone()[0]) > 0
+    todo = conn.execute(
+        "SELECT seq, key, content_type, data FROM drop_objects WHERE account_id = ? AND day = ?"
+        " AND delivered_at IS NULL ORDER BY seq", key).fetchall()
+    outcome = Outcome(account_id, day, "delivered")
+    conn.execute("UPDATE drops SET attempts = attempts + 1 WHERE account_id = ? AND day = ?", key)
+    for seq, obj_key, content_type, data in todo:
+        try:
+            result = put_with_retries(
+                dest, obj_key, data, replace=replacing, content_type=content_type,
+                attempts=attempts, backoff=backoff, sleep=sleep, rng=random.Random(),
+                on_error=lambda err: record_error(conn, account_id, day, err, now()))
+        except DeliveryError as err:
+            outcome.state, outcome.error = "failed", err
+            return outcome
+        conn.execute("UPDATE drop_objects SET delivered_at = ?, result = ? WHERE account_id = ?"
+                     " AND day = ? AND seq = ?", (now(), result.value, *key, seq))
+        outcome.objects.append((obj_key, result.value))
+    with transaction(conn):
+        conn.execute("UPDATE drops SET delivered_at = ? WHERE account_id = ? AND day = ?",
+                     (now(), *key))
+        conn.execute("DELETE FROM delivery_errors WHERE account_id = ?", (account_id,))
+    return outcome
+
+
+def record_error(conn: sqlite3.Connection, account_id: str, day: date, err: DeliveryError,
+                 at: float) -> None:
+    """The account's last delivery error, shown to its admins until a delivery succeeds."""
+    conn.execute("INSERT OR REPLACE INTO delivery_errors VALUES (?, ?, ?, ?, ?, ?)",
+                 (account_id, at, day.isoformat(), err.code, err.message, int(not err.transient)))
+
+
+def due_days(conn: sqlite3.Connection, account_id: str, *, now: float,
+             retention_days: int) -> list[date]:
+    """Closed days since reports were enabled (within the retention) not yet delivered."""
+    s = settings_mod.get(conn, account_id)
+    if not s.enabled or s.enabled_since is None:
+        return []
+    today = datetime.fromtimestamp(now, UTC).date()
+    first = max(s.enabled_since, today - timedelta(days=retention_days))
+    delivered = {r[0] for r in conn.execute(
+        "SELECT day FROM drops WHERE account_id = ? AND delivered_at IS NOT NULL", (account_id,))}
+    days = [first + timedelta(days=i) for i in range((today - first).days)]
+    return [d for d in days if d.isoformat() not in delivered]
+
+
+def status(conn: sqlite3.Connection, account_id: str) -> dict[str, object]:
+    """Each planned day's delivery state, and the last delivery error."""
+    require_account(conn, account_id)
+    days = [
+        {"day": day, "layout": layout, "destination": dest, "users": users, "events": events,
+         "planned_at": planned, "delivered_at": delivered, "replacements": repl,
+         "attempts": attempts, "objects": n, "objects_delivered": done,
+         "state": "delivered" if delivered else "pending"}
+        for day, layout, dest, users, events, planned, delivered, repl, attempts, n, done
+        in conn.execute(
+            "SELECT d.day, d.layout, d.destination, d.users, d.events, d.planned_at,"
+            " d.delivered_at, d.replacements, d.attempts, count(o.seq),"
+            " count(o.delivered_at) FROM drops d JOIN drop_objects o USING (account_id, day)"
+            " WHERE d.account_id = ? GROUP BY d.day ORDER BY d.day", (account_id,))
+    ]
+    err = conn.execute("SELECT at, day, code, message, configuration FROM delivery_errors"
+                       " WHERE account_id = ?", (account_id,)).fetchone()
+    last_error = None if err is None else {
+        "at": err[0], "day": err[1], "code": err[2], "message": err[3],
+        "kind": "configuration" if err[4] else "transient"}
+    return {"account_id": account_id, "days": days, "last_error": last_error}
+
+
+def check_day(day_text: str) -> date:
+    try:
+        return date.fromisoformat(day_text)
+    except ValueError:
+        raise UsageError(f"date {day_text!r} is not YYYY-MM-DD") from None
+

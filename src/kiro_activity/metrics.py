@@ -1,0 +1,258 @@
+"""The 44 metrics of the per-user activity report, kept once, as data.
+
+Each :class:`Metric` has the documented name, the documented meaning and its rule (which events,
+which filter, count / sum / distinct). Everything else is derived from :data:`METRICS`: the CSV
+header of both layouts, ``metrics.json``, the docs (``docs/metrics.md``), the DuckDB query of
+:mod:`.aggregate` and the pure-Python evaluator below that the tests hold it to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+Agg = Literal["count", "sum", "distinct"]
+LAYOUTS = ("documented", "delivered")
+#: the only column that differs between the layouts
+RENAMED = {"delivered": {"InlineChat_EventCount": "InlineChat_TotalEventCount"}}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Which events count and how: ``agg`` over ``members`` where every ``where`` holds."""
+
+    members: tuple[str, ...]
+    agg: Agg = "count"
+    field: str | None = None  # the summed field (agg "sum")
+    where: tuple[tuple[str, frozenset[str]], ...] = ()  # field IN values, all of them
+    distinct_on: tuple[str, ...] = ()  # agg "distinct": count distinct tuples of these fields
+    not_cli: bool = False  # only events not from the command line
+
+    def text(self) -> str:
+        """The rule in words, for the docs and metrics.json."""
+        parts = [" or ".join(f"`{m}`" for m in self.members)]
+        parts += [f"`{f}` in {{{', '.join(sorted(v))}}}" for f, v in self.where]
+        if self.not_cli:
+            parts.append("not from the command line (ideCategory is not CLI)")
+        what = {"count": "count",
+                "sum": f"sum of `{self.field}`",
+                "distinct": f"number of distinct ({', '.join(self.distinct_on)})"}[self.agg]
+        return f"{what} of {' where '.join(parts[:1])}" + (
+            f" where {' and '.join(parts[1:])}" if parts[1:] else "")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    description: str
+    rule: Rule = field(repr=False)
+
+
+def _in(name: str, *values: str) -> tuple[str, frozenset[str]]:
+    return (name, frozenset(values))
+
+
+CHAT_IWM = ("chatInteractWithMessageEvent",)
+POSITIVE = ("INSERT_AT_CURSOR", "COPY_SNIPPET", "COPY", "CLICK_LINK", "CLICK_BODY_LINK",
+            "CLICK_FOLLOW_UP", "HOVER_REFERENCE", "UPVOTE", "AGENTIC_CODE_ACCEPTED")
+DOC_ACC = ("docV2AcceptanceEvent",)
+UPDATES = ("UPDATE_README", "EDIT_README")
+INLINE_CHAT = ("inlineChatEvent",)
+UTD = ("userTriggerDecisionEvent",)
+TESTGEN = ("testGenerationEvent",)
+TRANSFORM = ("transformEvent",)
+
+
+def _doc(decision: str, kinds: tuple[str, ...], fld: str) -> Rule:
+    where = (_in("userDecision", decision), _in("interactionType", *kinds))
+    return Rule(DOC_ACC, "sum", fld, where)
+
+
+def _ic(decision: str, agg: Agg = "count", fld: str | None = None) -> Rule:
+    return Rule(INLINE_CHAT, agg, fld, (_in("userDecision", decision),))
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("Chat_AICodeLines", "Lines of code suggested in chat (not inline chat) and accepted "
+           "(inserted into the IDE)",
+           Rule(CHAT_IWM, "sum", "acceptedLineCount",
+                (_in("interactionType", "INSERT_AT_CURSOR", "AGENTIC_CODE_ACCEPTED"),))),
+    Metric("Chat_MessagesInteracted", "Chat messages the user interacted with positively "
+           "(clicked a link, inserted a suggestion, upvoted…)",
+           Rule(CHAT_IWM, "distinct", where=(_in("interactionType", *POSITIVE),),
+                distinct_on=("conversationId", "messageId"))),
+    Metric("Chat_MessagesSent", "Messages sent to and from the assistant in chat",
+           Rule(("chatAddMessageEvent",))),
+    Metric("CodeFix_AcceptanceEventCount", "Code fixes (code review feature) accepted",
+           Rule(("codeFixAcceptanceEvent",))),
+    Metric("CodeFix_AcceptedLines", "Lines of code-fix code accepted",
+           Rule(("codeFixAcceptanceEvent",), "sum", "linesOfCodeAccepted")),
+    Metric("CodeFix_GeneratedLines", "Lines of code-fix code suggested",
+           Rule(("codeFixGenerationEvent",), "sum", "linesOfCodeGenerated")),
+    Metric("CodeFix_GenerationEventCount", "Code fixes suggested",
+           Rule(("codeFixGenerationEvent",))),
+    Metric("CodeReview_FailedEventCount", "Code review runs that found issues it could not fix",
+           Rule(("codeScanFailedEvent",))),
+    Metric("CodeReview_FindingsCount", "Code issues found by code review",
+           Rule(("codeScanSucceededEvent",), "sum", "numberOfFindings")),
+    Metric("CodeReview_SucceededEventCount", "Code review runs that completed with suggested fixes",
+           Rule(("codeScanSucceededEvent",))),
+    Metric("Dev_AcceptanceEventCount", "/dev features accepted",
+           Rule(("featureDevCodeAcceptanceEvent",))),
+    Metric("Dev_AcceptedLines", "/dev lines accepted",
+           Rule(("featureDevCodeAcceptanceEvent",), "sum", "linesOfCodeAccepted")),
+    Metric("Dev_GeneratedLines", "/dev lines suggested",
+           Rule(("featureDevCodeGenerationEvent",), "sum", "linesOfCodeGenerated")),
+    Metric("Dev_GenerationEventCount", "/dev features suggested",
+           Rule(("featureDevCodeGenerationEvent",))),
+    Metric("DocGeneration_AcceptedFileUpdates", "/doc file updates accepted",
+           _doc("ACCEPT", UPDATES, "numberOfAddedFiles")),
+    Metric("DocGeneration_AcceptedFilesCreations", "/doc file creations accepted",
+           _doc("ACCEPT", ("GENERATE_README",), "numberOfAddedFiles")),
+    Metric("DocGeneration_AcceptedLineAdditions", "/doc line additions accepted",
+           _doc("ACCEPT", ("GENERATE_README",), "numberOfAddedLines")),
+    Metric("DocGeneration_AcceptedLineUpdates", "/doc line updates accepted",
+           _doc("ACCEPT", UPDATES, "numberOfAddedLines")),
+    Metric("DocGeneration_EventCount", "Times the user used /doc",
+           Rule(("docV2GenerationEvent", "docGenerationEvent"))),
+    Metric("DocGeneration_RejectedFileCreations", "/doc file creations rejected",
+           _doc("REJECT", ("GENERATE_README",), "numberOfAddedFiles")),
+    Metric("DocGeneration_RejectedFileUpdates", "/doc file updates rejected",
+           _doc("REJECT", UPDATES, "numberOfAddedFiles")),
+    Metric("DocGeneration_RejectedLineAdditions", "/doc line additions rejected",
+           _doc("REJECT", ("GENERATE_README",), "numberOfAddedLines")),
+    Metric("DocGeneration_RejectedLineUpdates", "/doc line updates rejected",
+           _doc("REJECT", UPDATES, "numberOfAddedLines")),
+    Metric("InlineChat_AcceptanceEventCount", "Inline chat suggestions accepted", _ic("ACCEPT")),
+    Metric("InlineChat_AcceptedLineAdditions", "Inline chat line additions accepted",
+           _ic("ACCEPT", "sum", "numSuggestionAddLines")),
+    Metric("InlineChat_AcceptedLineDeletions", "Inline chat line deletions accepted",
+           _ic("ACCEPT", "sum", "numSuggestionDelLines")),
+    Metric("InlineChat_DismissalEventCount", "Inline chat suggestions abandoned (shown, neither "
+           "accepted nor rejected)", _ic("DISMISS")),
+    Metric("InlineChat_DismissedLineAdditions", "Inline chat line additions abandoned",
+           _ic("DISMISS", "sum", "numSuggestionAddLines")),
+    Metric("InlineChat_DismissedLineDeletions", "Inline chat line deletions abandoned",
+           _ic("DISMISS", "sum", "numSuggestionDelLines")),
+    Metric("InlineChat_EventCount", "Inline chat sessions", Rule(INLINE_CHAT)),
+    Metric("InlineChat_RejectedLineAdditions", "Inline chat line additions rejected",
+           _ic("REJECT", "sum", "numSuggestionAddLines")),
+    Metric("InlineChat_RejectedLineDeletions", "Inline chat line deletions rejected",
+           _ic("REJECT", "sum", "numSuggestionDelLines")),
+    Metric("InlineChat_RejectionEventCount", "Inline chat suggestions rejected", _ic("REJECT")),
+    Metric("Inline_AICodeLines", "Lines of inline suggestions accepted",
+           Rule(UTD, "sum", "generatedLine", (_in("suggestionState", "ACCEPT"),))),
+    Metric("Inline_AcceptanceCount", "Inline suggestions accepted",
+           Rule(UTD, where=(_in("suggestionState", "ACCEPT"),))),
+    Metric("Inline_SuggestionsCount", "Inline suggestions displayed to the user",
+           Rule(UTD, where=(_in("suggestionState", "ACCEPT", "REJECT"),))),
+    Metric("TestGeneration_AcceptedLines", "/test lines accepted",
+           Rule(TESTGEN, "sum", "linesOfCodeAccepted")),
+    Metric("TestGeneration_AcceptedTests", "/test unit tests accepted",
+           Rule(TESTGEN, "sum", "numberOfUnitTestCasesAccepted")),
+    Metric("TestGeneration_EventCount", "Times the user used /test", Rule(TESTGEN)),
+    Metric("TestGeneration_GeneratedLines", "/test lines suggested",
+           Rule(TESTGEN, "sum", "linesOfCodeGenerated")),
+    Metric("TestGeneration_GeneratedTests", "/test unit tests suggested",
+           Rule(TESTGEN, "sum", "numberOfUnitTestCasesGenerated")),
+    Metric("Transformation_EventCount", "Times the user used /transform, excluding command-line "
+           "transformations", Rule(TRANSFORM, not_cli=True)),
+    Metric("Transformation_LinesGenerated", "/transform lines suggested, excluding command line",
+           Rule(TRANSFORM, "sum", "linesOfCodeChanged", not_cli=True)),
+    Metric("Transformation_LinesIngested", "/transform lines provided for transformation, "
+           "excluding command line", Rule(TRANSFORM, "sum", "linesOfCodeSubmitted", not_cli=True)),
+)
+BY_NAME = {m.name: m for m in METRICS}
+
+
+def metric_columns(layout: str = "documented") -> list[str]:
+    """The metric columns of a layout, each its own name there, sorted by code point."""
+    renamed = RENAMED.get(layout, {})
+    return sorted(renamed.get(m.name, m.name) for m in METRICS)
+
+
+def column_metric(layout: str = "documented") -> list[str]:
+    """For each metric column of the layout (in order), the metric's canonical name."""
+    back = {v: k for k, v in RENAMED.get(layout, {}).items()}
+    return [back.get(c, c) for c in metric_columns(layout)]
+
+
+def header(layout: str = "documented") -> list[str]:
+    return ["UserId", "Date", *metric_columns(layout)]
+
+
+def fields_used() -> list[str]:
+    """Every event field that some rule reads (for the aggregation's projection)."""
+    names: set[str] = set()
+    for m in METRICS:
+        r = m.rule
+        names.update(f for f, _ in r.where)
+        names.update(r.distinct_on)
+        if r.field:
+            names.add(r.field)
+    return sorted(names)
+
+
+def definitions() -> dict[str, Any]:
+    """The content of ``metrics.json``."""
+    return {
+        "version": 1,
+        "layouts": {layout: header(layout) for layout in LAYOUTS},
+        "metrics": [{"name": m.name, "description": m.description, "rule": m.rule.text(),
+                     "members": list(m.rule.members), "aggregation": m.rule.agg}
+                    for m in METRICS],
+    }
+
+
+def definitions_json() -> bytes:
+    return orjson.dumps(definitions(), option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def docs_markdown() -> str:
+    """``docs/metrics.md``, generated from the table (a test keeps the file in step)."""
+    lines = ["# The 44 metrics", "",
+             "Generated from `kiro_activity.metrics.METRICS` by "
+             "`kiro-activity metrics --markdown`; do not edit by hand.", "",
+             "| metric | meaning | rule |", "|---|---|---|"]
+    lines += [f"| `{m.name}` | {m.description} | {m.rule.text()} |" for m in METRICS]
+    return "\n".join(lines) + "\n"
+
+
+# The reference evaluator: the rules applied in plain Python, one user-day at a time. The report
+# uses DuckDB (see aggregate.py); tests prove both give the same numbers.
+
+def _matches(rule: Rule, member: str, event: Mapping[str, Any], ide_category: str | None) -> bool:
+    if member not in rule.members:
+        return False
+    if rule.not_cli and ide_category == "CLI":
+        return False
+    return all(event.get(f) in values for f, values in rule.where)
+
+
+def evaluate(events: Iterable[tuple[str, Mapping[str, Any], str | None]]) -> dict[str, int]:
+    """The 44 metrics of one user-day from (member, member object, ideCategory) triples."""
+    events = list(events)
+    out: dict[str, int] = {}
+    for m in METRICS:
+        r = m.rule
+        hits = [e for mem, e, ide in events if _matches(r, mem, e, ide)]
+        if r.agg == "count":
+            out[m.name] = len(hits)
+        elif r.agg == "sum":
+            out[m.name] = sum(_int(e.get(r.field or "")) for e in hits)
+        else:
+            out[m.name] = len({tuple(_key(e.get(f)) for f in r.distinct_on) for e in hits})
+    return out
+
+
+def _int(value: Any) -> int:
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return int(value)
+
+
+def _key(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

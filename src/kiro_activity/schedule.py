@@ -1,0 +1,91 @@
+"""The schedule: at 00:00 UTC, every enabled account's day that just closed; at start, catch up.
+
+Time is an argument: the :class:`Scheduler` reads an injected clock, so tests cross midnight in
+seconds. Production and delivery are blocking (DuckDB, boto3) and run in a worker thread; a day
+that fails is retried with backoff and jitter, per account, oldest day first, and shown as the
+account's last delivery error meanwhile (see :mod:`.daily`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from . import settings
+from .config import Config
+from .daily import Outcome, deliver_day, due_days
+from .deliver import Backoff
+from .store import connect
+
+log = logging.getLogger(__name__)
+
+
+def next_midnight(now: float) -> float:
+    """The next 00:00 UTC strictly after ``now`` (epoch seconds)."""
+    today = datetime.fromtimestamp(now, UTC).date()
+    midnight = datetime(today.year, today.month, today.day, tzinfo=UTC) + timedelta(days=1)
+    return midnight.timestamp()
+
+
+class Scheduler:
+    """Produces and delivers due days; remembers, per account, when to try a failing one again."""
+
+    def __init__(self, config: Config, clock: Callable[[], float],
+                 backoff: Backoff | None = None, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.backoff = backoff or Backoff(base=5.0, cap=900.0)
+        self.rng = rng or random.Random()
+        self.failures: dict[str, int] = {}
+        self.retry_at: dict[str, float] = {}
+
+    def run_due(self) -> list[Outcome]:
+        """Deliver every due day of every enabled account (oldest first; an account stops at
+        its first failure and is tried again after its backoff)."""
+        now = self.clock()
+        conn = connect(self.config.control_db)
+        try:
+            work = {a: due_days(conn, a, now=now, retention_days=self.config.retention_days)
+                    for a in settings.enabled_accounts(conn)}
+        finally:
+            conn.close()
+        outcomes = []
+        for account_id, days in work.items():
+            if self.retry_at.get(account_id, 0.0) > now:
+                continue
+            for day in days:
+                outcome = deliver_day(self.config, account_id, day, now=self.clock)
+                outcomes.append(outcome)
+                if outcome.state == "failed":
+                    n = self.failures.get(account_id, 0)
+                    self.failures[account_id] = n + 1
+                    self.retry_at[account_id] = now + self.backoff.delay(n, self.rng)
+                    log.warning("report of %s for %s not delivered yet: %s", account_id, day,
+                                outcome.error)
+                    break
+                self.failures.pop(account_id, None)
+                self.retry_at.pop(account_id, None)
+        return outcomes
+
+    def next_wake(self) -> float:
+        now = self.clock()
+        return min([next_midnight(now), *[t for t in self.retry_at.values() if t > now]])
+
+    async def run(self, stop: asyncio.Event, barrier: Callable[[], Awaitable[None]],
+                  tick: float = 0.5) -> None:
+        """Catch up at once, then wake at every midnight (and retry time) until ``stop``."""
+        while not stop.is_set():
+            await barrier()  # every event received before now is committed
+            try:
+                await asyncio.to_thread(self.run_due)
+            except Exception:
+                log.exception("the daily run failed; trying again later")
+                self.retry_at["*"] = self.clock() + 60
+            wake = self.next_wake()
+            while not stop.is_set() and self.clock() < wake:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=min(tick, wake - self.clock()))
