@@ -145,8 +145,7 @@ _TRANSIENT_CODES = frozenset({  # plus any code containing "Throttl", any 429 an
 })
 # botocore puts the bare HTTP status in Code when the reply has no error body (moto's bare Deny).
 _BARE_STATUS_CODES = {"400": "BadRequest", "403": "AccessDenied", "404": "NotFound",
-                      "412": "PreconditionFailed", "500": "InternalError",
-                      "503": "ServiceUnavailable"}
+                      "412": "PreconditionFailed", "503": "ServiceUnavailable"}
 # Known configuration errors and what the admin should do; any other 4xx is one too.
 _ACCESS = "the bucket policy must let the report writer PutObject under the prefix, and the " \
           "bucket must be owned by the account"
@@ -156,12 +155,11 @@ _KMS = "the KMS key must exist, be enabled and let the report writer use it"
 _CONFIGURATION_HINTS = {
     "AccessDenied": _ACCESS, "AllAccessDisabled": _ACCESS, "InvalidBucketOwner": _ACCESS,
     "NoSuchBucket": "create the bucket or fix the S3 location in the settings",
-    "PermanentRedirect": _REGION, "AuthorizationHeaderMalformed": _REGION,
-    "IllegalLocationConstraintException": _REGION, "InvalidAccessKeyId": _CREDENTIALS,
-    "SignatureDoesNotMatch": _CREDENTIALS, "ExpiredToken": _CREDENTIALS,
-    "InvalidToken": _CREDENTIALS, "NoCredentialsError": _CREDENTIALS,
-    "PartialCredentialsError": _CREDENTIALS,
     "InvalidArgument": "check the server-side encryption settings (sse, kms_key_arn)",
+    **dict.fromkeys(["PermanentRedirect", "AuthorizationHeaderMalformed",
+                     "IllegalLocationConstraintException"], _REGION),
+    **dict.fromkeys(["InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                     "NoCredentialsError", "PartialCredentialsError"], _CREDENTIALS),
 }
 _ACCESS_KEY = re.compile(r"\b(?:AKIA|ASIA|AROA|AIDA)[A-Z0-9]{12,}\b")
 
@@ -179,13 +177,9 @@ def _is_transient(error: Exception, code: str, status: int) -> bool:
 
 
 def classify(error: Exception, *, bucket: str = "?", key: str = "?") -> DeliveryError:
-    """Decide, in this one place, whether a failed put is transient or needs the admin.
-
-    Transient: throttling, request timeout, any 5xx, lost connections. Everything else (access
-    denied, no bucket, wrong owner, KMS, wrong Region, bad credentials, any other 4xx) is a
-    configuration error. The message names bucket, key, HTTP status and S3 error code, never
-    credentials.
-    """
+    """The one place that decides: throttling, timeouts, 5xx, lost connections are transient;
+    anything else (403, no bucket, owner, KMS, Region, credentials, any 4xx) needs the admin.
+    The message names bucket, key, HTTP status and S3 error code, never credentials."""
     if isinstance(error, DeliveryError):
         return error
     if isinstance(error, ClientError):
@@ -202,14 +196,12 @@ def classify(error: Exception, *, bucket: str = "?", key: str = "?") -> Delivery
 
 
 def default_s3_client(region: str | None = None) -> Any:
-    """A boto3 S3 client with no retries of its own (our backoff retries) and bounded timeouts.
-
-    It honours ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` and the standard credential chain.
-    """
+    """A boto3 S3 client making one attempt per call (we retry), with bounded timeouts; boto3
+    itself honours ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` and the credential chain."""
     import boto3
     from botocore.config import Config
 
-    # total_max_attempts=1: one attempt per put. botocore's ``max_attempts`` counts *retries*.
+    # botocore's ``max_attempts`` counts *retries*: total_max_attempts=1 is one attempt per put.
     config = Config(retries={"total_max_attempts": 1, "mode": "standard"},
                     connect_timeout=10, read_timeout=60)
     return boto3.session.Session().client("s3", region_name=region, config=config)
@@ -227,9 +219,7 @@ class S3Destination:
             raise ValueError(f"sse 'aws:kms' needs the full KMS key ARN, not {kms_key_arn!r}")
         if not re.fullmatch(r"\d{12}", expected_owner):
             raise ValueError(f"expected_owner {expected_owner!r} is not a 12-digit account id")
-        self.bucket = bucket
-        self.expected_owner = expected_owner
-        self.sse = sse
+        self.bucket, self.expected_owner, self.sse = bucket, expected_owner, sse
         self.kms_key_arn = kms_key_arn if sse == "aws:kms" else None
         self._owns_client = client is None
         self.client: Any = default_s3_client(region) if client is None else client
