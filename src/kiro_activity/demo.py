@@ -16,13 +16,14 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
-from . import landing, store
+from . import daily, landing, settings, store
 from .config import Config
 from .simulate import user_day
 
@@ -109,15 +110,24 @@ def prepare(config: Config, users: int, day_start: float, rng: random.Random) ->
 
 
 def run_demo(config: Config, *, users: int = 300, port: int = 0) -> None:
+    """Send a day of telemetry, close the day, and let the service deliver its report.
+
+    So that the report exists at once, the demo's day is yesterday (UTC): the service runs with
+    its clock set to yesterday noon while the telemetry is sent, then is started again just after
+    midnight, when it catches up the closed day and delivers it to the local folder.
+    """
     console = Console(stderr=True)
     port = port or free_port()
     rng = random.Random(20261130)
-    day_start = time.time() // 86400 * 86400
+    day = datetime.now(UTC).date() - timedelta(days=1)
+    noon = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    senders = prepare(config, users, day_start, rng)
+    senders = prepare(config, users, noon.timestamp() - 12 * 3600, rng)
+    _enable(config, day)
     total = sum(len(s.bodies) for s in senders)
-    console.print(f"Starting the service on http://127.0.0.1:{port} (data in {config.data_dir})")
-    proc = start_server(config, port)
+    console.print(f"Starting the service on http://127.0.0.1:{port} (data in {config.data_dir}),"
+                  f" its clock at {noon:%Y-%m-%d %H:%M} UTC")
+    proc = start_server(config, port, "--fake-clock-start", noon.isoformat())
     try:
         console.print(f"Sending {total} events for {len(senders)} users over HTTP ...")
         started = time.monotonic()
@@ -132,6 +142,53 @@ def run_demo(config: Config, *, users: int = 300, port: int = 0) -> None:
         for status, n in r.items():
             statuses[status] = statuses.get(status, 0) + n
     _summary(console, config, port, total, statuses, elapsed)
+    after = noon + timedelta(hours=12, seconds=5)
+    console.print(f"Starting the service again at {after:%Y-%m-%d %H:%M:%S} UTC: {day} is closed")
+    proc = start_server(config, port, "--fake-clock-start", after.isoformat())
+    try:
+        _wait_delivered(config, day)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    _reports(console, config, day)
+
+
+def _enable(config: Config, day: date) -> None:
+    conn = store.connect(config.control_db)
+    try:
+        for account_id, _, _ in ACCOUNTS:
+            current = settings.get(conn, account_id)
+            if not current.enabled or (current.enabled_since or day) > day:
+                conn.execute("DELETE FROM settings WHERE account_id = ?", (account_id,))
+                settings.update(conn, account_id, now=time.time(), today=day, enabled=True)
+    finally:
+        conn.close()
+
+
+def _wait_delivered(config: Config, day: date, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    conn = store.connect(config.control_db)
+    try:
+        while time.monotonic() < deadline:
+            states = [d["state"] for a, _, _ in ACCOUNTS
+                      for d in daily.status(conn, a)["days"]  # type: ignore[attr-defined]
+                      if d["day"] == day.isoformat()]
+            if states == ["delivered"] * len(ACCOUNTS):
+                return
+            time.sleep(0.2)
+    finally:
+        conn.close()
+    raise RuntimeError(f"the reports of {day} were not delivered within {timeout:.0f} s")
+
+
+def _reports(console: Console, config: Config, day: date) -> None:
+    root = config.data_dir / "reports"
+    console.print(f"Reports of {day}, delivered to the local folder {root.resolve()}:")
+    for path in sorted(root.rglob(f"*{day:%Y%m%d}0000*")):
+        console.print(f"  {path.relative_to(root)}  ({path.stat().st_size} bytes)",
+                      soft_wrap=True)
+    console.print("Status: kiro-activity --data-dir " + str(config.data_dir)
+                  + " report status --account 111122223333")
 
 
 def _summary(console: Console, config: Config, port: int, total: int,
@@ -152,5 +209,3 @@ def _summary(console: Console, config: Config, port: int, total: int,
     console.print(f"  landing log (every acknowledged event): {config.landing_db}")
     console.print(f"API description: http://127.0.0.1:{port}/openapi.json (while serving)")
     console.print("Serve again with: kiro-activity serve --data-dir " + str(config.data_dir))
-    console.print("[yellow]Daily report: not built yet (the report stage is still to come); "
-                  "the events above are what it will count.[/yellow]")
