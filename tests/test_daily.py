@@ -12,8 +12,8 @@ from typing import Any
 import boto3
 import orjson
 import pytest
-from conftest import ACCOUNT, REGION, free_port, setup_accounts
 
+from conftest import ACCOUNT, REGION, free_port, setup_accounts
 from kiro_activity import daily, settings, store
 from kiro_activity.config import Config
 from kiro_activity.deliver import Destination, LocalDestination, PutResult

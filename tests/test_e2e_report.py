@@ -17,8 +17,8 @@ import boto3
 import httpx
 import orjson
 import pytest
-from conftest import ACCOUNT, OTHER_ACCOUNT, PROFILE, TARGET, Server, setup_accounts
 
+from conftest import ACCOUNT, OTHER_ACCOUNT, PROFILE, TARGET, Server, setup_accounts
 from kiro_activity import metrics, settings, store
 from kiro_activity.demo import free_port
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from . import landing
+from . import counters, landing
 from .metrics import METRICS, Rule
 
 DAY_US = 86_400_000_000
@@ -129,6 +129,24 @@ def aggregate_table(raw: pa.Table) -> tuple[list[tuple[str, list[int]]], int]:
     return rows, sum(int(r[1]) for r in result)
 
 
-def aggregate_day(landing_db: Path, account_id: str, day: date) -> DayAggregate:
+def rebuild_day(landing_db: Path, account_id: str, day: date) -> DayAggregate:
+    """The full rebuild: DuckDB over every raw event of the day."""
     rows, events = aggregate_table(read_day(landing_db, account_id, day))
     return DayAggregate(account_id, day, day_window(day), rows, events)
+
+
+def counted_day(landing_db: Path, account_id: str, day: date) -> DayAggregate:
+    """The fast path: the per-user-day counters (plus any events past their watermark)."""
+    conn = landing.connect(landing_db)
+    try:
+        start, _ = day_window(day)
+        rows, events = counters.read_day(conn, account_id, start // DAY_US)
+    finally:
+        conn.close()
+    return DayAggregate(account_id, day, day_window(day), rows, events)
+
+
+def aggregate_day(landing_db: Path, account_id: str, day: date, *,
+                  rebuild: bool = False) -> DayAggregate:
+    """The day's metrics: from the counters, or (``rebuild``) from the raw events."""
+    return (rebuild_day if rebuild else counted_day)(landing_db, account_id, day)

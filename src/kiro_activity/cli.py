@@ -271,9 +271,12 @@ def report() -> None:
 @click.option("--date", "day", required=True, help="The UTC day, YYYY-MM-DD (today: so far).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Folder to write the files under, at their keys.")
+@click.option("--rebuild", is_flag=True,
+              help="Compute from every raw event instead of the per-user-day counters.")
 @click.pass_context
 @_errors
-def report_build(ctx: click.Context, account_id: str, day: str, out: Path) -> None:
+def report_build(ctx: click.Context, account_id: str, day: str, out: Path,
+                 rebuild: bool) -> None:
     """Write a day's report files under OUT without delivering them; prints their paths."""
     conn = _control(ctx)
     account = store.require_account(conn, account_id)
@@ -281,7 +284,7 @@ def report_build(ctx: click.Context, account_id: str, day: str, out: Path) -> No
     prefix = settings_mod.split_s3_uri(s.s3_uri)[1] if s.s3_uri else ""
     when = daily.check_day(day)
     now = time.time()
-    agg = aggregate.aggregate_day(ctx.obj.landing_db, account_id, when)
+    agg = aggregate.aggregate_day(ctx.obj.landing_db, account_id, when, rebuild=rebuild)
     drop = build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
                       generated_at=datetime.fromtimestamp(now, UTC),
                       partial=not daily.closed(when, now))

@@ -32,6 +32,7 @@ from .errors import (
     ValidationError,
 )
 from .landing import LandingLog, LandingRecord
+from .metrics import deltas
 from .schedule import Scheduler
 from .store import Principal
 
@@ -195,9 +196,11 @@ class IngestApp:
         opt_out = request.opt_out
         if opt_out is None:
             opt_out = OPTOUT_HEADER.get(headers.get("x-amzn-codewhisperer-optout", "").lower())
+        amounts, interaction = deltas(request.member, request.event, request.ide_category)
         return LandingRecord(
             principal.account_id, principal.principal, request.member, request.client_token,
             opt_out, request.client_timestamp, request.ide_category, protocol, body,
+            amounts, interaction,
         )
 
     async def _health(self, send: Send) -> None:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import counters
+from .counters import GroupCounts
 from .dedupe import DAY_US, DedupeIndex, dedupe_key
 from .errors import StoreUnavailableError
 
@@ -77,6 +79,9 @@ class LandingRecord:
     ide_category: str | None
     protocol: str
     body: bytes
+    #: what the event adds to its user-day's counters (None: worked out from the body)
+    amounts: tuple[tuple[int, int], ...] | None = None
+    interaction: tuple[str | None, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -87,6 +92,7 @@ class _Prepared:
     counts: list[int]
     keys: set[int]
     day: int
+    totals: GroupCounts
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -97,7 +103,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     if not readonly:
         conn.execute("PRAGMA cache_size=-131072")
-        conn.executescript(SCHEMA)
+        conn.executescript(SCHEMA + counters.SCHEMA)
     return conn
 
 
@@ -119,6 +125,11 @@ class LandingLog:
             " WHERE dedupe_key IS NOT NULL AND received_us >= ?",
             (self.seen.oldest_kept_us(now_us),),
         ))
+        recovered = counters.recover(self._conn)
+        if recovered:
+            log.info("counters brought up to date with %d events past their watermark", recovered)
+        self.counters = counters.Counters()
+        self._flush_scheduled = False
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="landing-writer")
         self._lock = threading.Lock()  # guards the dedupe state between loop and sync callers
         self._inflight: set[int] = set()
@@ -131,7 +142,8 @@ class LandingLog:
         """Kept for symmetry with :meth:`close`; the writer thread starts on first use."""
 
     def close(self) -> None:
-        """Finish what was handed to the writer, then close the database."""
+        """Finish what was handed to the writer, write the counters, close the database."""
+        self._writer.submit(self._flush_counters)
         self._writer.shutdown(wait=True)
         self._conn.close()
 
@@ -149,10 +161,11 @@ class LandingLog:
         """Blocking form of :meth:`append`, for callers without an event loop."""
         prepared = self._prepare([records])
         try:
-            self._writer.submit(_insert, self._conn, prepared.rows).result()
+            self._writer.submit(self._commit, prepared).result()
         except Exception as exc:
             raise self._failed(prepared, exc) from exc
         self._settle(prepared)
+        self._writer.submit(self._flush_counters).result()
         return prepared.counts[0]
 
     def run_in_writer(self, fn: Callable[[sqlite3.Connection], object]) -> object:
@@ -167,7 +180,7 @@ class LandingLog:
             group.append(item)
             size += len(item[0])
         prepared = self._prepare([records for records, _ in group])
-        done = self._writer.submit(_insert, self._conn, prepared.rows)
+        done = self._writer.submit(self._commit, prepared)
         done.add_done_callback(
             lambda f: loop.call_soon_threadsafe(self._finish, loop, group, prepared, f)
         )
@@ -191,6 +204,25 @@ class LandingLog:
             self._flush(loop)
         else:
             self._committing = False
+        if error is None and not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_later(0.05, self._schedule_counters)
+
+    def _schedule_counters(self) -> None:
+        self._flush_scheduled = False
+        self._writer.submit(self._flush_counters)
+
+    def _commit(self, prepared: _Prepared) -> None:
+        """On the writer: insert the group, then note its amounts for the counters."""
+        last_seq = _insert(self._conn, prepared.rows)
+        self.counters.add(prepared.totals, last_seq)
+
+    def _flush_counters(self) -> None:
+        """On the writer: write out the counters (kept in memory and retried if it fails)."""
+        try:
+            self.counters.flush(self._conn)
+        except Exception as exc:  # the watermark did not move: nothing is lost
+            log.warning("counters not written yet (%s); will retry", exc)
 
     def _prepare(self, group: list[Sequence[LandingRecord]]) -> _Prepared:
         """Receipt time and dedupe for a group; its new keys are held as in flight."""
@@ -198,6 +230,8 @@ class LandingLog:
         rows: list[tuple[object, ...]] = []
         counts: list[int] = []
         keys: set[int] = set()
+        day = received_us // DAY_US
+        totals = GroupCounts()
         with self._lock:
             self.seen.expire(received_us)
             for records in group:
@@ -212,9 +246,14 @@ class LandingLog:
                     rows.append((received_us, r.account_id, r.user_id, r.member,
                                  r.client_token, key, r.opt_out, r.client_ts, r.ide_category,
                                  r.protocol, r.body))
+                    amounts, interaction = r.amounts, r.interaction
+                    if amounts is None:
+                        amounts, interaction = counters.amounts_of(r.member, r.body,
+                                                                   r.ide_category)
+                    totals.add((r.account_id, day, r.user_id), amounts, interaction)
                 counts.append(len(rows) - before)
             self._inflight |= keys
-        return _Prepared(rows, counts, keys, received_us // DAY_US)
+        return _Prepared(rows, counts, keys, day, totals)
 
     def _settle(self, prepared: _Prepared) -> None:
         """The group is on disk: its keys count as seen from now on."""
@@ -243,24 +282,26 @@ def _insert_sql(n: int) -> str:
     return INSERT + ",(?,?,?,?,?,?,?,?,?,?,?)" * (n - 1)
 
 
-def _insert(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+def _insert(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> int:
     """Insert rows atomically with as few calls into SQLite as possible (runs on the writer).
 
     A group of up to CHUNK rows is one multi-row INSERT committed on its own (autocommit: one
     statement, one transaction, one fsync); larger groups are several such statements inside
-    BEGIN ... COMMIT. On any error the transaction is rolled back and the error raised.
+    BEGIN ... COMMIT. On any error the transaction is rolled back and the error raised. Returns
+    the seq of the last row (the rows of one group get consecutive seqs).
     """
     if not rows:
-        return
+        return 0
     if len(rows) <= CHUNK:
-        conn.execute(_insert_sql(len(rows)), [v for row in rows for v in row])
-        return
+        cur = conn.execute(_insert_sql(len(rows)), [v for row in rows for v in row])
+        return int(cur.lastrowid or 0)
     conn.execute("BEGIN IMMEDIATE")
     try:
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start:start + CHUNK]
-            conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
+            cur = conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
         conn.execute("COMMIT")
+        return int(cur.lastrowid or 0)
     except BaseException:
         with contextlib.suppress(sqlite3.Error):  # the transaction may be gone already
             conn.execute("ROLLBACK")

@@ -256,3 +256,32 @@ def _int(value: Any) -> int:
 
 def _key(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+# Incremental form of the same rules: what one event adds to its user-day's counters. The landing
+# log keeps those counters as events are committed, so a day's report costs in proportion to its
+# users, not its events; tests prove it equal to the rebuild from raw events.
+
+INDEX = {m.name: i for i, m in enumerate(METRICS)}
+DISTINCT = tuple(i for i, m in enumerate(METRICS) if m.rule.agg == "distinct")
+_BY_MEMBER: dict[str, list[tuple[int, Rule]]] = {}
+for _i, _m in enumerate(METRICS):
+    if _m.rule.agg != "distinct":
+        for _member in _m.rule.members:
+            _BY_MEMBER.setdefault(_member, []).append((_i, _m.rule))
+_DISTINCT_RULE = METRICS[DISTINCT[0]].rule
+
+
+def deltas(member: str, event: Mapping[str, Any], ide_category: str | None,
+           ) -> tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None]:
+    """(metric index, amount) pairs this event adds, and its distinct key if it has one."""
+    out = []
+    for index, rule in _BY_MEMBER.get(member, ()):
+        if _matches(rule, member, event, ide_category):
+            amount = 1 if rule.agg == "count" else _int(event.get(rule.field or ""))
+            if amount:
+                out.append((index, amount))
+    key = None
+    if _matches(_DISTINCT_RULE, member, event, ide_category):
+        key = tuple(_key(event.get(f)) for f in _DISTINCT_RULE.distinct_on)
+    return tuple(out), key

@@ -1,0 +1,180 @@
+"""Per-user-day counters, kept up to date as events are committed: the fast path of the report.
+
+For each (account, UTC receipt day, user) the table ``user_day`` holds the 43 counted/summed
+metrics and the number of events; ``interactions`` holds the distinct (conversationId, messageId)
+pairs behind ``Chat_MessagesInteracted``. The landing writer adds each committed group's amounts
+to :class:`Counters` and writes them out every few tens of milliseconds in one transaction that
+also advances a **watermark**: the highest event ``seq`` whose amounts are in the tables. So the
+ack path stays one statement, and a crash loses nothing: whatever lies past the watermark is
+recomputed from the raw events, on open (:func:`recover`) and by readers (:func:`read_day`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from . import events
+from .errors import ValidationError
+from .metrics import DISTINCT, METRICS, deltas
+
+N = len(METRICS) + 1  # the metrics, then the number of events
+COLS = [f"c{i}" for i in range(N)]
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS user_day (
+    account_id TEXT NOT NULL,
+    day        INTEGER NOT NULL,
+    user_id    TEXT NOT NULL,
+    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in COLS)},
+    PRIMARY KEY (account_id, day, user_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS interactions (
+    account_id      TEXT NOT NULL,
+    day             INTEGER NOT NULL,
+    user_id         TEXT NOT NULL,
+    conversation_id TEXT,
+    message_id      TEXT,
+    UNIQUE (account_id, day, user_id, conversation_id, message_id)
+);
+CREATE TABLE IF NOT EXISTS counters_meta (
+    id        INTEGER PRIMARY KEY CHECK (id = 1),
+    watermark INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters_meta VALUES (1, 0);
+"""
+UPSERT = (f"INSERT INTO user_day (account_id, day, user_id, {', '.join(COLS)}) VALUES "
+          f"({', '.join('?' * (N + 3))}) ON CONFLICT (account_id, day, user_id) DO UPDATE SET "
+          + ", ".join(f"{c} = {c} + excluded.{c}" for c in COLS))
+INTERACT = "INSERT OR IGNORE INTO interactions VALUES (?, ?, ?, ?, ?)"
+Key = tuple[str, int, str]  # account, day, user
+Interaction = tuple[str, int, str, str | None, str | None]
+
+
+@dataclass
+class GroupCounts:
+    """What one committed group adds: per (account, day, user) amounts, and interactions."""
+
+    cells: dict[Key, list[int]] = field(default_factory=dict)
+    interactions: set[Interaction] = field(default_factory=set)
+
+    def add(self, key: Key, amounts: Iterable[tuple[int, int]],
+            interaction: tuple[str | None, ...] | None) -> None:
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = [0] * N
+        for index, amount in amounts:
+            cell[index] += amount
+        cell[-1] += 1
+        if interaction is not None:
+            self.interactions.add((*key, interaction[0], interaction[1]))
+
+    def merge(self, other: GroupCounts) -> None:
+        for key, cell in other.cells.items():
+            mine = self.cells.get(key)
+            if mine is None:
+                self.cells[key] = list(cell)
+            else:
+                for i, v in enumerate(cell):
+                    mine[i] += v
+        self.interactions |= other.interactions
+
+
+def amounts_of(member: str, body: bytes, ide_category: str | None,
+               ) -> tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None]:
+    """The amounts of a stored event, from its raw body (recovery and readers)."""
+    try:
+        request = events.parse_request(body)
+    except ValidationError:
+        return (), None  # cannot happen for a stored event; count it as active only
+    return deltas(member, request.event, ide_category)
+
+
+class Counters:
+    """The amounts committed but not yet written out; used on the landing writer thread only."""
+
+    def __init__(self) -> None:
+        self.pending = GroupCounts()
+        self.seq = 0  # the highest committed seq whose amounts are in ``pending`` or written
+
+    def add(self, group: GroupCounts, last_seq: int) -> None:
+        self.pending.merge(group)
+        self.seq = max(self.seq, last_seq)
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        """Write the pending amounts and the watermark in one transaction (kept on failure)."""
+        if not self.pending.cells and not self.pending.interactions:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            write(conn, self.pending, self.seq)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.pending = GroupCounts()
+
+
+def write(conn: sqlite3.Connection, counts: GroupCounts, watermark: int) -> None:
+    conn.executemany(UPSERT, [(*key, *cell) for key, cell in counts.cells.items()])
+    conn.executemany(INTERACT, list(counts.interactions))
+    conn.execute("UPDATE counters_meta SET watermark = max(watermark, ?) WHERE id = 1",
+                 (watermark,))
+
+
+def _tail(conn: sqlite3.Connection, where: str = "", args: tuple[object, ...] = (),
+          ) -> tuple[GroupCounts, int]:
+    """The amounts of the events past the watermark (optionally only some of them)."""
+    watermark = int(conn.execute("SELECT watermark FROM counters_meta").fetchone()[0])
+    counts, last = GroupCounts(), watermark
+    for seq, account, user, received_us, member, ide, body in conn.execute(
+            "SELECT seq, account_id, user_id, received_us, member, ide_category, body"
+            f" FROM events WHERE seq > ? {where} ORDER BY seq", (watermark, *args)):
+        amounts, interaction = amounts_of(member, body, ide)
+        counts.add((account, received_us // 86_400_000_000, user), amounts, interaction)
+        last = seq
+    return counts, last
+
+
+def recover(conn: sqlite3.Connection) -> int:
+    """Bring the counters up to the last committed event (after a crash); returns how many."""
+    counts, last = _tail(conn)
+    n = sum(cell[-1] for cell in counts.cells.values())
+    if n:
+        conn.execute("BEGIN IMMEDIATE")
+        write(conn, counts, last)
+        conn.execute("COMMIT")
+    return n
+
+
+def read_day(conn: sqlite3.Connection, account_id: str, day: int,
+             ) -> tuple[list[tuple[str, list[int]]], int]:
+    """Every user's metrics (METRICS order) for the day, and its number of events."""
+    conn.execute("BEGIN")  # one snapshot for the tables and the tail
+    try:
+        cells = {row[0]: list(row[1:]) for row in conn.execute(
+            f"SELECT user_id, {', '.join(COLS)} FROM user_day WHERE account_id = ? AND day = ?",
+            (account_id, day))}
+        seen = {(u, c, m) for u, c, m in conn.execute(
+            "SELECT user_id, conversation_id, message_id FROM interactions"
+            " WHERE account_id = ? AND day = ?", (account_id, day))}
+        start = day * 86_400_000_000
+        tail, _ = _tail(conn, "AND account_id = ? AND received_us >= ? AND received_us < ?",
+                        (account_id, start, start + 86_400_000_000))
+    finally:
+        conn.execute("COMMIT")
+    for (_, _, user), cell in tail.cells.items():
+        mine = cells.setdefault(user, [0] * N)
+        for i, v in enumerate(cell):
+            mine[i] += v
+    seen |= {(u, c, m) for _, _, u, c, m in tail.interactions}
+    distinct: dict[str, int] = {}
+    for user, _, _ in seen:
+        distinct[user] = distinct.get(user, 0) + 1
+    rows = []
+    for user in sorted(cells):
+        values = cells[user][:-1]
+        for index in DISTINCT:
+            values[index] = distinct.get(user, 0)
+        rows.append((user, values))
+    return rows, sum(cell[-1] for cell in cells.values())
