@@ -161,7 +161,7 @@ def test_reports_delivered_at_midnight(tmp_path: Path, aws_env: None, moto_url: 
     started = time.monotonic()
     try:
         events = alice_events()
-        send(server, "alice", events + [events[0]])  # a retry of the first send: counted once
+        send(server, "alice", [*events, events[0]])  # a retry of the first send: counted once
         send(server, "bob", [ev("metricData", metricName="x", metricValue=1.0,
                                 timestamp=1764547100.0, product="p")])
         send(server, "carol", [inline_chat("ACCEPT", 1, 1), inline_chat("REJECT", 1, 1)],
