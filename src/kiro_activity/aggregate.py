@@ -10,6 +10,7 @@ reader, and only the fields the rules use are extracted.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -44,28 +45,34 @@ def day_of(epoch_us: int) -> date:
     return date(1970, 1, 1) + timedelta(days=epoch_us // DAY_US)
 
 
-def read_day(landing_db: Path, account_id: str, day: date) -> pa.Table:
-    """The account's events received in ``day``: user_id, member, ide_category, body (text)."""
+SCHEMA = pa.schema([(name, pa.string()) for name in
+                    ("user_id", "member", "ide_category", "body")])
+BATCH = 50_000
+
+
+def read_day(landing_db: Path, account_id: str, day: date) -> pa.RecordBatchReader:
+    """The account's events received in ``day`` (user_id, member, ide_category, body), streamed
+    in batches so that a day of any size is aggregated in bounded memory."""
     start, end = day_window(day)
-    conn = landing.connect(landing_db, readonly=True)
-    try:
-        cur = conn.execute(
-            "SELECT user_id, member, ide_category, CAST(body AS TEXT) FROM events"
-            " WHERE received_us >= ? AND received_us < ? AND account_id = ?",
-            (start, end, account_id),
-        )
-        columns: list[list[object]] = [[], [], [], []]
-        while batch := cur.fetchmany(50_000):
-            for column, values in zip(columns, zip(*batch, strict=True), strict=True):
-                column.extend(values)
-    except sqlite3.OperationalError as exc:
-        if "no such table" not in str(exc):
-            raise
-        columns = [[], [], [], []]
-    finally:
-        conn.close()
-    return pa.table({name: pa.array(col, pa.string()) for name, col in
-                     zip(("user_id", "member", "ide_category", "body"), columns, strict=True)})
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        conn = landing.connect(landing_db, readonly=True)
+        try:
+            cur = conn.execute(
+                "SELECT user_id, member, ide_category, CAST(body AS TEXT) FROM events"
+                " WHERE received_us >= ? AND received_us < ? AND account_id = ?",
+                (start, end, account_id))
+            while rows := cur.fetchmany(BATCH):
+                columns = list(zip(*rows, strict=True))
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(c, pa.string()) for c in columns], schema=SCHEMA)
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+        finally:
+            conn.close()
+
+    return pa.RecordBatchReader.from_batches(SCHEMA, batches())
 
 
 def _fields() -> tuple[set[str], set[str]]:
@@ -117,7 +124,8 @@ def query() -> str:
     )
 
 
-def aggregate_table(raw: pa.Table) -> tuple[list[tuple[str, list[int]]], int]:
+def aggregate_table(raw: pa.Table | pa.RecordBatchReader,
+                    ) -> tuple[list[tuple[str, list[int]]], int]:
     """Per user (code-point order) the metrics in METRICS order, and the number of events."""
     con = duckdb.connect()
     try:

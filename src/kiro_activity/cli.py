@@ -12,11 +12,12 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich.console import Console
 
 from . import aggregate, daily, landing, metrics, store
 from . import settings as settings_mod
@@ -318,6 +319,39 @@ def report_run(ctx: click.Context, account_id: str, day: str, replace: bool,
         assert outcome.error is not None
         raise outcome.error
     click.echo(f"{account_id} {when}: {outcome.state.replace('_', ' ')}", err=True)
+
+
+@report.command("backfill")
+@click.option("--account", "account_id", required=True)
+@click.option("--from", "first", required=True, help="First UTC day, YYYY-MM-DD.")
+@click.option("--to", "last", required=True, help="Last UTC day (closed), YYYY-MM-DD.")
+@click.option("--replace", is_flag=True, help="Regenerate days that were delivered already.")
+@click.option("--attempts", default=3, show_default=True, help="Tries per object.")
+@click.pass_context
+@_errors
+def report_backfill(ctx: click.Context, account_id: str, first: str, last: str, replace: bool,
+                    attempts: int) -> None:
+    """Produce and deliver every closed day from --from to --to, oldest first, with progress."""
+    from rich.progress import Progress
+
+    start, end = daily.check_day(first), daily.check_day(last)
+    if end < start:
+        raise UsageError(f"--to {end} is before --from {start}")
+    if not daily.closed(end, time.time()):
+        raise UsageError(f"{end} is not closed yet (it closes at 00:00 UTC)")
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    store.require_account(_control(ctx), account_id)
+    with Progress(console=Console(stderr=True), transient=False) as progress:
+        task = progress.add_task(f"{account_id} {start}..{end}", total=len(days))
+        for day in days:
+            outcome = daily.deliver_day(ctx.obj, account_id, day, now=time.time,
+                                        replace=replace, attempts=attempts,
+                                        backoff=Backoff(base=0.5, cap=5))
+            progress.advance(task)
+            click.echo(f"{day}\t{outcome.state}")
+            if outcome.state == "failed":
+                assert outcome.error is not None
+                raise outcome.error
 
 
 @report.command("status")
