@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint pytest bench clean
+.PHONY: demo test lint pytest bench bench-report clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: lint pytest
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/run.py
+
+bench-report: $(BIN)/.installed
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) kiro-data .pytest_cache .mypy_cache .ruff_cache .hypothesis
