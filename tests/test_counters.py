@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from kiro_activity import events
 from kiro_activity.aggregate import counted_day, rebuild_day
 from kiro_activity.landing import LandingLog, LandingRecord, connect
-from kiro_activity.metrics import deltas
+from kiro_activity.metrics import LAYOUTS, deltas
+from kiro_activity.report import build_drop
 from kiro_activity.simulate import WEIGHTS, request_body
 
 DAYS = [date(2026, 11, 29), date(2026, 11, 30)]
@@ -34,11 +35,19 @@ def record(account: str, user: str, body: dict[str, object], precomputed: bool) 
 
 
 def assert_equal(db: Path) -> None:
+    generated = datetime(2026, 12, 1, tzinfo=UTC)
     for account in ACCOUNTS:
         for day in DAYS:
             fast, full = counted_day(db, account, day), rebuild_day(db, account, day)
             assert fast.rows == full.rows
             assert fast.events == full.events
+            for layout in LAYOUTS:  # the cells rendered by SQLite give the very same bytes
+                cells = counted_day(db, account, day, layout)
+                a = build_drop(cells, region="us-east-1", prefix="p", layout=layout,
+                               generated_at=generated)
+                b = build_drop(full, region="us-east-1", prefix="p", layout=layout,
+                               generated_at=generated)
+                assert [o.data for o in a.objects] == [o.data for o in b.objects]
 
 
 @settings(max_examples=25, deadline=None,

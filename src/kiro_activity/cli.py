@@ -285,7 +285,8 @@ def report_build(ctx: click.Context, account_id: str, day: str, out: Path,
     prefix = settings_mod.split_s3_uri(s.s3_uri)[1] if s.s3_uri else ""
     when = daily.check_day(day)
     now = time.time()
-    agg = aggregate.aggregate_day(ctx.obj.landing_db, account_id, when, rebuild=rebuild)
+    agg = aggregate.aggregate_day(ctx.obj.landing_db, account_id, when, rebuild=rebuild,
+                                  layout=s.layout)
     drop = build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
                       generated_at=datetime.fromtimestamp(now, UTC),
                       partial=not daily.closed(when, now))

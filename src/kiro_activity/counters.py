@@ -178,3 +178,30 @@ def read_day(conn: sqlite3.Connection, account_id: str, day: int,
             values[index] = distinct.get(user, 0)
         rows.append((user, values))
     return rows, sum(cell[-1] for cell in cells.values())
+
+
+def read_day_cells(conn: sqlite3.Connection, account_id: str, day: int, order: list[int],
+                   ) -> tuple[list[tuple[str, str]], int] | None:
+    """The fast path of :func:`read_day`: per user (code-point order) the metric cells already
+    joined by commas in ``order`` by SQLite, and the number of events; None when some of the
+    day's events lie past the watermark (then :func:`read_day` counts them)."""
+    start = day * 86_400_000_000
+    cells = " || ',' || ".join("coalesce(i.n, 0)" if index in DISTINCT else f"u.c{index}"
+                               for index in order)
+    conn.execute("BEGIN")
+    try:
+        watermark = conn.execute("SELECT watermark FROM counters_meta").fetchone()[0]
+        if conn.execute(
+                "SELECT 1 FROM events WHERE seq > ? AND account_id = ? AND received_us >= ?"
+                " AND received_us < ? LIMIT 1",
+                (watermark, account_id, start, start + 86_400_000_000)).fetchone():
+            return None
+        rows = conn.execute(
+            f"SELECT u.user_id, {cells}, u.c{N - 1} FROM user_day u LEFT JOIN ("
+            "  SELECT user_id, count(*) AS n FROM interactions"
+            "  WHERE account_id = ? AND day = ? GROUP BY user_id) i ON i.user_id = u.user_id"
+            " WHERE u.account_id = ? AND u.day = ? ORDER BY u.user_id",
+            (account_id, day, account_id, day)).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    return [(user, text) for user, text, _ in rows], sum(n for _, _, n in rows)

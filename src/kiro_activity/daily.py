@@ -64,7 +64,7 @@ def plan(conn: sqlite3.Connection, config: Config, account: Account, day: date, 
          s: settings_mod.Settings, description: str, prefix: str, now: float,
          replace: bool) -> None:
     """Aggregate, render and freeze the day's drop in the ledger (one transaction)."""
-    agg = aggregate_day(config.landing_db, account.account_id, day)
+    agg = aggregate_day(config.landing_db, account.account_id, day, layout=s.layout)
     drop = build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
                       generated_at=datetime.fromtimestamp(now, UTC), partial=not closed(day, now))
     key = (account.account_id, day.isoformat())

@@ -27,6 +27,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ CREATE TABLE IF NOT EXISTS events (
     protocol     TEXT NOT NULL,
     body         BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS events_by_time ON events(received_us);
 """
 INSERT = (
     "INSERT INTO events (received_us, account_id, user_id, member, client_token, dedupe_key,"
@@ -133,7 +135,7 @@ class LandingLog:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="landing-writer")
         self._lock = threading.Lock()  # guards the dedupe state between loop and sync callers
         self._inflight: set[int] = set()
-        self._pending: list[tuple[Sequence[LandingRecord], asyncio.Future[int]]] = []
+        self._pending: deque[tuple[Sequence[LandingRecord], asyncio.Future[int]]] = deque()
         self._committing = False
         self.commits = 0
         self.healthy = True
@@ -176,7 +178,7 @@ class LandingLog:
         group: list[tuple[Sequence[LandingRecord], asyncio.Future[int]]] = []
         size = 0
         while self._pending and (not group or size + len(self._pending[0][0]) <= self.max_group):
-            item = self._pending.pop(0)
+            item = self._pending.popleft()
             group.append(item)
             size += len(item[0])
         prepared = self._prepare([records for records, _ in group])
@@ -210,7 +212,8 @@ class LandingLog:
 
     def _schedule_counters(self) -> None:
         self._flush_scheduled = False
-        self._writer.submit(self._flush_counters)
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: close() wrote them
+            self._writer.submit(self._flush_counters)
 
     def _commit(self, prepared: _Prepared) -> None:
         """On the writer: insert the group, then note its amounts for the counters."""

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from .aggregate import DayAggregate
-from .metrics import LAYOUTS, METRICS, column_metric, header
+from .aggregate import DayAggregate, column_order
+from .metrics import LAYOUTS, header
 
 PART_SIZE = 1000
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -102,18 +102,29 @@ def _quoted(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def render_part(rows: list[tuple[str, list[int]]], day: date, layout: str,
-                order: list[int]) -> tuple[bytes, list[int]]:
-    """One CSV file: the header and the rows; returns the bytes and the neutralised row numbers."""
-    date_cell = f"{day:%m-%d-%Y}"
+def render_part(rows: list[tuple[str, str]], day: date,
+                layout: str) -> tuple[bytes, list[int]]:
+    """One CSV file: the header and the rows (user, metric cells already comma-joined in the
+    layout's order); returns the bytes and the numbers of the neutralised rows."""
+    date_cell = f",{day:%m-%d-%Y},"
     lines = [",".join(header(layout))]
     neutralised = []
-    for number, (user_id, values) in enumerate(rows, 1):
+    for number, (user_id, cells) in enumerate(rows, 1):
         cell, changed = neutralise(user_id)
         if changed:
             neutralised.append(number)
-        lines.append(",".join([_quoted(cell), date_cell, *(str(values[i]) for i in order)]))
+        lines.append(_quoted(cell) + date_cell + cells)
     return ("\n".join(lines) + "\n").encode("utf-8"), neutralised
+
+
+def cells_of(agg: DayAggregate, layout: str) -> list[tuple[str, str]]:
+    """Per user the comma-joined metric cells in the layout's order."""
+    if agg.cells is not None and agg.cells_layout == layout:
+        return agg.cells
+    if agg.cells is not None:
+        raise ValueError(f"the aggregate was read for layout {agg.cells_layout}, not {layout}")
+    order = column_order(layout)
+    return [(user, ",".join([str(values[i]) for i in order])) for user, values in agg.rows]
 
 
 def build_drop(agg: DayAggregate, *, region: str, prefix: str | None, layout: str = "documented",
@@ -121,17 +132,16 @@ def build_drop(agg: DayAggregate, *, region: str, prefix: str | None, layout: st
     """The day's objects, split into parts of 1,000 users, with the manifest last."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
-    index = {m.name: i for i, m in enumerate(METRICS)}
-    order = [index[name] for name in column_metric(layout)]
-    chunks = [agg.rows[i:i + PART_SIZE] for i in range(0, len(agg.rows), PART_SIZE)] or [[]]
+    rows = cells_of(agg, layout)
+    chunks = [rows[i:i + PART_SIZE] for i in range(0, len(rows), PART_SIZE)] or [[]]
     parts, neutralised = [], []
     for n, chunk in enumerate(chunks, 1):
         key = csv_key(prefix, agg.account_id, region, agg.day, layout,
                       n if len(chunks) > 1 else None)
-        data, changed = render_part(chunk, agg.day, layout, order)
+        data, changed = render_part(chunk, agg.day, layout)
         parts.append(ReportObject(key, data, len(chunk)))
         neutralised += [{"key": key, "row": row} for row in changed]
-    drop = Drop(agg.account_id, agg.day, layout, parts, None, len(agg.rows), agg.events,
+    drop = Drop(agg.account_id, agg.day, layout, parts, None, agg.users, agg.events,
                 neutralised)
     if not manifest:
         return drop

@@ -1,0 +1,158 @@
+"""Report benchmark: one account's day of 100,000 users and 10,000,000 events.
+
+    python bench/report.py [--users 100000] [--events 10000000] [--rounds 3]
+
+Setup (not timed): raw events written straight into a landing log (realistic bodies of every
+member, from a pool), then the per-user-day counters brought up to date by the landing log's own
+recovery path. Timed, each in a fresh process so that its peak RSS is its own, median of rounds:
+
+- daily report: the per-user-day counters -> the CSV parts (what the 00:00 run does);
+- full rebuild: every raw event streamed from the landing log -> DuckDB -> the CSV parts;
+- reference: DuckDB's own GROUP BY/pivot of the same raw events from the same stream, written by
+  hand the plain way (json_extract per field), and a bare scan of that stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import orjson
+
+from kiro_activity import counters, landing
+from kiro_activity.aggregate import counted_day, day_window, read_day, rebuild_day
+from kiro_activity.metrics import METRICS
+from kiro_activity.report import build_drop
+from kiro_activity.simulate import WEIGHTS, request_body
+
+ACCOUNT, REGION = "111122223333", "us-east-1"
+DAY = date(2026, 11, 30)
+
+
+def setup(db: Path, users: int, events: int) -> None:
+    rng = random.Random(1)
+    pool = []
+    for i in range(4000):
+        member = rng.choices(list(WEIGHTS), list(WEIGHTS.values()))[0]
+        body = request_body(member, rng, user_id="u", client_token=False)
+        pool.append((member, body["userContext"]["ideCategory"], orjson.dumps(body)))
+    start, _ = day_window(DAY)
+    conn = landing.connect(db)
+    conn.execute("PRAGMA synchronous=OFF")
+    chunk = 200_000
+    for base in range(0, events, chunk):
+        rows = []
+        for i in range(base, min(events, base + chunk)):
+            member, ide, body = pool[(i * 7919) % len(pool)]
+            rows.append((start + (i * 86_399_000_000) // events, ACCOUNT,
+                         f"user{(i * 104729) % users:06d}", member, None, None, "OPTIN", None,
+                         ide, "bench", body))
+        conn.execute("BEGIN")
+        conn.executemany(landing.INSERT, rows)
+        conn.execute("COMMIT")
+        print(f"\r  raw events: {min(events, base + chunk):,}", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    counters.amounts_of = functools.lru_cache(maxsize=None)(counters.amounts_of)  # setup only
+    print(f"  counters: {counters.recover(conn):,} events counted", file=sys.stderr)
+    conn.close()
+
+
+def reference_query() -> str:
+    """The 44 metrics as one would write them by hand for DuckDB, straight from the JSON."""
+    def f(member: str, name: str) -> str:
+        return f"json_extract_string(body, '$.telemetryEvent.{member}.{name}')"
+
+    cols = []
+    for m in METRICS:
+        r = m.rule
+        conds = [f"member IN ({', '.join(repr(x) for x in r.members)})"]
+        conds += [f"{f(r.members[0], k)} IN ({', '.join(repr(v) for v in sorted(vs))})"
+                  for k, vs in r.where]
+        if r.not_cli:
+            conds.append("ide_category IS DISTINCT FROM 'CLI'")
+        cond = " AND ".join(conds)
+        if r.agg == "count":
+            cols.append(f"count(*) FILTER (WHERE {cond})")
+        elif r.agg == "sum":
+            cols.append(f"coalesce(sum(TRY_CAST({f(r.members[0], r.field or '')} AS BIGINT))"
+                        f" FILTER (WHERE {cond}), 0)")
+        else:
+            key = ", ".join(f(r.members[0], k) for k in r.distinct_on)
+            cols.append(f"count(DISTINCT ({key})) FILTER (WHERE {cond})")
+    return f"SELECT user_id, {', '.join(cols)} FROM raw GROUP BY user_id"
+
+
+def measure(kind: str, db: Path) -> dict[str, float]:
+    import duckdb
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    started = time.perf_counter()
+    if kind in ("daily", "rebuild"):
+        agg = (counted_day if kind == "daily" else rebuild_day)(db, ACCOUNT, DAY)
+        drop = build_drop(agg, region=REGION, prefix="reports", generated_at=now)
+        users = drop.users
+    else:
+        con = duckdb.connect()
+        con.register("raw", read_day(db, ACCOUNT, DAY))
+        sql = reference_query() if kind == "reference" else "SELECT count(*) FROM raw"
+        users = len(con.execute(sql).fetchall())
+        con.close()
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_mib": peak, "users": users}
+
+
+def run(kind: str, db: Path) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--measure", kind, "--db", str(db)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--measure")
+    parser.add_argument("--db", type=Path)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.db)))
+        return
+    with tempfile.TemporaryDirectory(prefix="kiro-report-bench-") as tmp:
+        db = Path(tmp) / "landing.db"
+        print(f"setup: {args.users:,} users, {args.events:,} events", file=sys.stderr)
+        setup(db, args.users, args.events)
+        kinds = ["daily", "rebuild", "reference", "scan"]
+        results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+        for _ in range(args.rounds):
+            for kind in kinds:
+                results[kind].append(run(kind, db))
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("seconds", "peak_mib")}
+           for k, v in results.items()}
+    print(f"\n== report of one day: {args.users:,} users, {args.events:,} events "
+          f"(median of {args.rounds}) ==")
+    labels = {"daily": "daily report (counters -> CSV)",
+              "rebuild": "full rebuild (raw -> DuckDB -> CSV)",
+              "reference": "DuckDB's own pivot of the raw events",
+              "scan": "bare scan of the raw events"}
+    for kind in kinds:
+        runs = ", ".join(f"{r['seconds']:.2f}" for r in results[kind])
+        print(f"{labels[kind]:38s} {med[kind]['seconds']:7.2f} s   peak {med[kind]['peak_mib']:6.0f}"
+              f" MiB   (runs: {runs}; users {int(results[kind][0]['users']):,})")
+    print(f"daily report: {med['daily']['seconds']:.2f} s (target <= 1 s for 100,000 users)")
+    print(f"rebuild / DuckDB's own pivot: {med['rebuild']['seconds'] / med['reference']['seconds']:.2f}"
+          " (target <= 1.0); peak memory target <= 1536 MiB")
+
+
+if __name__ == "__main__":
+    main()
