@@ -97,7 +97,8 @@ def measure(kind: str, db: Path) -> dict[str, float]:
     now = datetime(2026, 12, 1, tzinfo=UTC)
     started = time.perf_counter()
     if kind in ("daily", "rebuild"):
-        agg = (counted_day if kind == "daily" else rebuild_day)(db, ACCOUNT, DAY)
+        agg = (counted_day(db, ACCOUNT, DAY, "documented") if kind == "daily"
+               else rebuild_day(db, ACCOUNT, DAY))
         drop = build_drop(agg, region=REGION, prefix="reports", generated_at=now)
         users = drop.users
     else:

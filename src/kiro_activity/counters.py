@@ -159,7 +159,7 @@ def read_day(conn: sqlite3.Connection, account_id: str, day: int,
             "SELECT user_id, conversation_id, message_id FROM interactions"
             " WHERE account_id = ? AND day = ?", (account_id, day))}
         start = day * 86_400_000_000
-        tail, _ = _tail(conn, "AND account_id = ? AND received_us >= ? AND received_us < ?",
+        tail, _ = _tail(conn, "AND account_id = ? AND +received_us >= ? AND +received_us < ?",
                         (account_id, start, start + 86_400_000_000))
     finally:
         conn.execute("COMMIT")
@@ -186,14 +186,15 @@ def read_day_cells(conn: sqlite3.Connection, account_id: str, day: int, order: l
     joined by commas in ``order`` by SQLite, and the number of events; None when some of the
     day's events lie past the watermark (then :func:`read_day` counts them)."""
     start = day * 86_400_000_000
-    cells = " || ',' || ".join("coalesce(i.n, 0)" if index in DISTINCT else f"u.c{index}"
-                               for index in order)
+    cells = "printf('{}', {})".format(  # one call per row: far cheaper than 43 times ||
+        ",".join(["%d"] * len(order)),
+        ", ".join("coalesce(i.n, 0)" if index in DISTINCT else f"u.c{index}" for index in order))
     conn.execute("BEGIN")
     try:
         watermark = conn.execute("SELECT watermark FROM counters_meta").fetchone()[0]
         if conn.execute(
-                "SELECT 1 FROM events WHERE seq > ? AND account_id = ? AND received_us >= ?"
-                " AND received_us < ? LIMIT 1",
+                "SELECT 1 FROM events WHERE seq > ? AND account_id = ? AND +received_us >= ?"
+                " AND +received_us < ? LIMIT 1",  # + : walk seq past the watermark, not the day
                 (watermark, account_id, start, start + 86_400_000_000)).fetchone():
             return None
         rows = conn.execute(
