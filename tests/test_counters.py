@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kiro_activity import events
-from kiro_activity.aggregate import counted_day, rebuild_day
+from kiro_activity.aggregate import counted_day, rebuild_day, seal_day
 from kiro_activity.landing import LandingLog, LandingRecord, connect
 from kiro_activity.metrics import LAYOUTS, deltas
 from kiro_activity.report import build_drop
@@ -34,20 +34,29 @@ def record(account: str, user: str, body: dict[str, object], precomputed: bool) 
                          interaction)
 
 
-def assert_equal(db: Path) -> None:
+def assert_equal(db: Path, seal: bool = False) -> None:
     generated = datetime(2026, 12, 1, tzinfo=UTC)
+    archive = db.parent / "archive"
     for account in ACCOUNTS:
         for day in DAYS:
             fast, full = counted_day(db, account, day), rebuild_day(db, account, day)
             assert fast.rows == full.rows
             assert fast.events == full.events
-            for layout in LAYOUTS:  # the cells rendered by SQLite give the very same bytes
-                cells = counted_day(db, account, day, layout)
-                a = build_drop(cells, region="us-east-1", prefix="p", layout=layout,
-                               generated_at=generated)
+            if seal:  # the sealed day (typed Parquet) rebuilds to the same numbers
+                path = seal_day(db, archive, account, day)
+                assert seal_day(db, archive, account, day) == path  # sealed once
+                sealed = rebuild_day(db, account, day, archive)
+                assert (sealed.rows, sealed.events) == (full.rows, full.events)
+                cells = rebuild_day(db, account, day, archive, "documented")
+                assert cells.cells == [(u, ",".join(map(str, v))) for u, v in full.rows]
+            for layout in LAYOUTS:  # cells rendered by SQLite or DuckDB: the very same bytes
                 b = build_drop(full, region="us-east-1", prefix="p", layout=layout,
                                generated_at=generated)
-                assert [o.data for o in a.objects] == [o.data for o in b.objects]
+                for agg in (counted_day(db, account, day, layout),
+                            rebuild_day(db, account, day, layout=layout)):
+                    a = build_drop(agg, region="us-east-1", prefix="p", layout=layout,
+                                   generated_at=generated)
+                    assert [o.data for o in a.objects] == [o.data for o in b.objects]
 
 
 @settings(max_examples=25, deadline=None,
@@ -87,4 +96,4 @@ def test_counters_equal_the_rebuild(tmp_path_factory: pytest.TempPathFactory, se
     last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
     conn.close()
     assert watermark == last
-    assert_equal(db)
+    assert_equal(db, seal=True)

@@ -206,6 +206,8 @@ def test_scheduler_delivers_missed_days_oldest_first(config: Config) -> None:
     assert empty.count(b"\n") == 1
     full = next(v for k, v in reports.items() if "/2026/11/30/" in k and k.endswith(".csv"))
     assert full.count(b"\n") == 3
+    sealed = sorted(p.name for p in (config.archive_dir / ACCOUNT).iterdir())
+    assert sealed == [f"2026-11-{d}.parquet" for d in (27, 28, 29, 30)]
 
 
 def test_scheduler_backs_off_a_failing_account(config: Config, tmp_path: Path) -> None:

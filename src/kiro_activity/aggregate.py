@@ -9,11 +9,13 @@ reader, and only the fields the rules use are extracted.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -112,42 +114,108 @@ def _expression(rule: Rule) -> str:
     return f"count(DISTINCT {{{key}}}) FILTER (WHERE {cond})"
 
 
-def query() -> str:
-    """The whole aggregation as one DuckDB query over a relation ``raw``."""
+def fields_sql(source: str, *, keep_raw: bool = False) -> str:
+    """Each event of ``source`` (user_id, member, ide_category, body) with the fields the rules
+    read, typed: ``n_<field>`` numbers (only JSON numbers count) and ``s_<field>`` strings."""
     numeric, text = _fields()
     project = [f"CASE WHEN json_type(ev, '$.\"{f}\"') IN {NUMBER_TYPES} THEN "
-               f"TRY_CAST(json_extract_string(ev, '$.\"{f}\"') AS HUGEINT) END AS n_{f}"
+               f"TRY_CAST(json_extract_string(ev, '$.\"{f}\"') AS BIGINT) END AS n_{f}"
                for f in sorted(numeric)]
     project += [f"CASE WHEN json_type(ev, '$.\"{f}\"') = 'VARCHAR' THEN "
                 f"json_extract_string(ev, '$.\"{f}\"') END AS s_{f}" for f in sorted(text)]
-    aggregates = ",\n  ".join(_expression(m.rule) for m in METRICS)
+    raw = "body, " if keep_raw else ""
     return (
-        "WITH events AS (\n"
-        "  SELECT user_id, member, ide_category,"
-        " json_extract(body, '$.telemetryEvent.\"' || member || '\"') AS ev FROM raw\n"
-        "), fields AS (\n"
-        f"  SELECT user_id, member, ide_category, {', '.join(project)} FROM events\n"
-        ")\n"
-        f"SELECT user_id, count(*) AS events,\n  {aggregates}\nFROM fields GROUP BY user_id"
+        f"SELECT user_id, member, ide_category, {raw}{', '.join(project)} FROM (\n"
+        "  SELECT user_id, member, ide_category, body,"
+        f" json_extract(body, '$.telemetryEvent.\"' || member || '\"') AS ev FROM {source})"
     )
 
 
-def aggregate_table(raw: pa.Table | pa.RecordBatchReader,
-                    ) -> tuple[list[tuple[str, list[int]]], int]:
-    """Per user (code-point order) the metrics in METRICS order, and the number of events."""
+def pivot_sql(source: str) -> str:
+    """The 44 metrics per user over typed events (the output of :func:`fields_sql`)."""
+    aggregates = ",\n  ".join(_expression(m.rule) for m in METRICS)
+    return f"SELECT user_id, count(*) AS events,\n  {aggregates}\nFROM {source} GROUP BY user_id"
+
+
+def query() -> str:
+    """The whole aggregation as one DuckDB query over a relation ``raw``."""
+    return f"WITH fields AS (\n{fields_sql('raw')}\n)\n{pivot_sql('fields')}"
+
+
+def _run(raw: pa.Table | pa.RecordBatchReader | Path, wrap: str = "{}") -> list[tuple[Any, ...]]:
+    """The pivot over raw events (Arrow) or a sealed day (Parquet of typed events)."""
     con = duckdb.connect()
     try:
-        con.register("raw", raw)
-        result = con.execute(query()).fetchall()
+        if isinstance(raw, Path):
+            sql = pivot_sql(f"read_parquet('{_sql_text(str(raw))}')")
+        else:
+            con.register("raw", raw)
+            sql = query()
+        return con.execute(wrap.format(sql)).fetchall()
     finally:
         con.close()
+
+
+def aggregate_table(raw: pa.Table | pa.RecordBatchReader | Path,
+                    ) -> tuple[list[tuple[str, list[int]]], int]:
+    """Per user (code-point order) the metrics in METRICS order, and the number of events."""
+    result = _run(raw)
     rows = sorted(((r[0], [int(v) for v in r[2:]]) for r in result), key=lambda r: r[0])
     return rows, sum(int(r[1]) for r in result)
 
 
-def rebuild_day(landing_db: Path, account_id: str, day: date) -> DayAggregate:
-    """The full rebuild: DuckDB over every raw event of the day."""
-    rows, events = aggregate_table(read_day(landing_db, account_id, day))
+def aggregate_cells(raw: pa.Table | pa.RecordBatchReader | Path, layout: str,
+                    ) -> tuple[list[tuple[str, str]], int]:
+    """Like :func:`aggregate_table`, with each user's cells joined by DuckDB in the layout's
+    column order (code-point order of users: DuckDB sorts strings by their bytes)."""
+    names = [f"m{i}" for i in range(len(METRICS))]
+    cells = ", ".join(f"CAST({names[i]} AS VARCHAR)" for i in column_order(layout))
+    wrap = (f"SELECT user_id, events, concat_ws(',', {cells}) FROM ("
+            "SELECT * FROM ({}) AS p(user_id, events, " + ", ".join(names) + ")) ORDER BY user_id")
+    result = _run(raw, wrap)
+    return [(r[0], r[2]) for r in result], sum(int(r[1]) for r in result)
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def sealed_path(archive_dir: Path, account_id: str, day: date) -> Path:
+    return archive_dir / account_id / f"{day.isoformat()}.parquet"
+
+
+def seal_day(landing_db: Path, archive_dir: Path, account_id: str, day: date) -> Path:
+    """Write a closed day's raw events, bodies kept and the rules' fields typed, as one Parquet
+    file (atomically; a sealed day is not sealed again). The rebuild then runs at the speed of
+    a columnar scan instead of parsing every JSON body again."""
+    final = sealed_path(archive_dir, account_id, day)
+    if final.exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_suffix(f".tmp-{os.getpid()}")
+    con = duckdb.connect()
+    try:
+        con.register("raw", read_day(landing_db, account_id, day))
+        con.execute(f"COPY ({fields_sql('raw', keep_raw=True)}) TO '{_sql_text(str(tmp))}'"
+                    " (FORMAT parquet, COMPRESSION zstd)")
+    finally:
+        con.close()
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+def rebuild_day(landing_db: Path, account_id: str, day: date,
+                archive_dir: Path | None = None, layout: str | None = None) -> DayAggregate:
+    """The full rebuild: DuckDB over every raw event of the day, from the sealed day when
+    there is one, else from the landing log (with a ``layout``: cells ready for its CSV)."""
+    sealed = sealed_path(archive_dir, account_id, day) if archive_dir else None
+    source = sealed if sealed and sealed.exists() else read_day(landing_db, account_id, day)
+    if layout is not None:
+        cells, events = aggregate_cells(source, layout)
+        return DayAggregate(account_id, day, day_window(day), [], events, cells, layout)
+    rows, events = aggregate_table(source)
     return DayAggregate(account_id, day, day_window(day), rows, events)
 
 
@@ -176,8 +244,8 @@ def column_order(layout: str) -> list[int]:
 
 
 def aggregate_day(landing_db: Path, account_id: str, day: date, *, rebuild: bool = False,
-                  layout: str | None = None) -> DayAggregate:
+                  layout: str | None = None, archive_dir: Path | None = None) -> DayAggregate:
     """The day's metrics: from the counters, or (``rebuild``) from the raw events."""
     if rebuild:
-        return rebuild_day(landing_db, account_id, day)
+        return rebuild_day(landing_db, account_id, day, archive_dir, layout)
     return counted_day(landing_db, account_id, day, layout)

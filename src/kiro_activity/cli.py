@@ -286,7 +286,7 @@ def report_build(ctx: click.Context, account_id: str, day: str, out: Path,
     when = daily.check_day(day)
     now = time.time()
     agg = aggregate.aggregate_day(ctx.obj.landing_db, account_id, when, rebuild=rebuild,
-                                  layout=s.layout)
+                                  layout=s.layout, archive_dir=ctx.obj.archive_dir)
     drop = build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
                       generated_at=datetime.fromtimestamp(now, UTC),
                       partial=not daily.closed(when, now))
@@ -353,6 +353,22 @@ def report_backfill(ctx: click.Context, account_id: str, first: str, last: str, 
             if outcome.state == "failed":
                 assert outcome.error is not None
                 raise outcome.error
+
+
+@report.command("seal")
+@click.option("--account", "account_id", required=True)
+@click.option("--date", "day", required=True, help="A closed UTC day, YYYY-MM-DD.")
+@click.pass_context
+@_errors
+def report_seal(ctx: click.Context, account_id: str, day: str) -> None:
+    """Archive a closed day's raw events as typed Parquet (the service does it after delivery);
+    'report build --rebuild' then reads that instead of every JSON body."""
+    when = daily.check_day(day)
+    store.require_account(_control(ctx), account_id)
+    if not daily.closed(when, time.time()):
+        raise UsageError(f"{when} is not closed yet (it closes at 00:00 UTC)")
+    click.echo(str(aggregate.seal_day(ctx.obj.landing_db, ctx.obj.archive_dir, account_id,
+                                      when)))
 
 
 @report.command("status")

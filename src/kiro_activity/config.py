@@ -61,3 +61,8 @@ class Config:
     @property
     def landing_db(self) -> Path:
         return self.data_dir / "landing.db"
+
+    @property
+    def archive_dir(self) -> Path:
+        """Sealed days: each closed day's raw events as typed Parquet (see aggregate.seal_day)."""
+        return self.data_dir / "archive"

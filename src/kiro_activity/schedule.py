@@ -13,9 +13,10 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from . import settings
+from .aggregate import seal_day
 from .config import Config
 from .daily import Outcome, deliver_day, due_days
 from .deliver import Backoff
@@ -69,7 +70,16 @@ class Scheduler:
                     break
                 self.failures.pop(account_id, None)
                 self.retry_at.pop(account_id, None)
+                self._seal(account_id, day)
         return outcomes
+
+    def _seal(self, account_id: str, day: date) -> None:
+        """Archive the delivered day as typed Parquet for fast rebuilds (best effort)."""
+        try:
+            seal_day(self.config.landing_db, self.config.archive_dir, account_id, day)
+        except Exception:
+            log.exception("could not seal %s of %s (the rebuild reads the landing log instead)",
+                          day, account_id)
 
     def next_wake(self) -> float:
         now = self.clock()
