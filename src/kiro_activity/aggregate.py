@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from . import counters, landing
+from . import counters, events, landing
 from .metrics import METRICS, Rule, column_metric
 
 DAY_US = 86_400_000_000
@@ -96,8 +96,12 @@ def _quote(values: object) -> str:
     return ", ".join("'" + str(v).replace("'", "''") + "'" for v in sorted(values))  # type: ignore[call-overload]
 
 
+MEMBER_IDS = {name: i for i, name in enumerate(sorted(events.MEMBERS))}
+
+
 def _condition(rule: Rule) -> str:
-    parts = [f"member IN ({_quote(rule.members)})"]
+    # members compared as small integers: 44 filters over every event, cheaper than strings
+    parts = [f"member_id IN ({', '.join(str(MEMBER_IDS[m]) for m in sorted(rule.members))})"]
     if rule.not_cli:
         parts.append("ide_category IS DISTINCT FROM 'CLI'")
     parts += [f"s_{f} IN ({_quote(values)})" for f, values in rule.where]
@@ -124,8 +128,11 @@ def fields_sql(source: str, *, keep_raw: bool = False) -> str:
     project += [f"CASE WHEN json_type(ev, '$.\"{f}\"') = 'VARCHAR' THEN "
                 f"json_extract_string(ev, '$.\"{f}\"') END AS s_{f}" for f in sorted(text)]
     raw = "body, " if keep_raw else ""
+    member_id = "CASE member " + " ".join(
+        f"WHEN '{name}' THEN {i}" for name, i in MEMBER_IDS.items()) + " END::UTINYINT"
     return (
-        f"SELECT user_id, member, ide_category, {raw}{', '.join(project)} FROM (\n"
+        f"SELECT user_id, member, {member_id} AS member_id, ide_category, {raw}"
+        f"{', '.join(project)} FROM (\n"
         "  SELECT user_id, member, ide_category, body,"
         f" json_extract(body, '$.telemetryEvent.\"' || member || '\"') AS ev FROM {source})"
     )
