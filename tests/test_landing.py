@@ -27,7 +27,6 @@ def record(token: str | None, user: str = "u") -> LandingRecord:
 
 def test_concurrent_appends_share_group_commits(tmp_path: Path) -> None:
     log = LandingLog(tmp_path / "landing.db", clock=lambda: 1764547200.5)
-    log.start()
 
     async def main() -> list[int]:
         return await asyncio.gather(*(log.append([record(f"t{i}")]) for i in range(500)))
@@ -45,7 +44,6 @@ def test_concurrent_appends_share_group_commits(tmp_path: Path) -> None:
 
 def test_dedupe_is_per_user_and_only_with_client_token(tmp_path: Path) -> None:
     log = LandingLog(tmp_path / "landing.db")
-    log.start()
     try:
         assert log.append_sync([record("a"), record("a"), record("a", "other")]) == 2
         assert log.append_sync([record("a")]) == 0
@@ -60,14 +58,12 @@ def test_dedupe_survives_reopen_and_ends_with_the_retention(tmp_path: Path) -> N
     path = tmp_path / "landing.db"
     for expected in (1, 0):  # the second log, opened afresh, knows the first one's keys
         log = LandingLog(path, clock=lambda: now[0], retention_days=2)
-        log.start()
         try:
             assert log.append_sync([record("k")]) == expected
         finally:
             log.close()
     now[0] += 86400 * 2  # still within two days of retention
     log = LandingLog(path, clock=lambda: now[0], retention_days=2)
-    log.start()
     try:
         assert log.append_sync([record("k")]) == 0
         now[0] += 86400  # the day of the first send has left the retention window
@@ -79,7 +75,6 @@ def test_dedupe_survives_reopen_and_ends_with_the_retention(tmp_path: Path) -> N
 
 def test_failed_commit_does_not_remember_keys(tmp_path: Path) -> None:
     log = LandingLog(tmp_path / "landing.db")
-    log.start()
     try:
         log.run_in_writer(lambda c: c.execute("PRAGMA query_only=1"))
         with pytest.raises(Exception, match="could not be stored"):
@@ -92,7 +87,6 @@ def test_failed_commit_does_not_remember_keys(tmp_path: Path) -> None:
 
 def test_writer_survives_a_failing_commit(tmp_path: Path) -> None:
     log = LandingLog(tmp_path / "landing.db")
-    log.start()
     try:
         log.run_in_writer(lambda c: c.execute("PRAGMA query_only=1"))
         with pytest.raises(Exception, match="could not be stored"):

@@ -21,7 +21,7 @@ import duckdb
 import pyarrow as pa
 
 from . import counters, events, landing
-from .metrics import METRICS, Rule, column_metric
+from .metrics import METRICS, Rule, column_order, numeric_fields, text_fields
 
 DAY_US = 86_400_000_000
 NUMBER_TYPES = "('UBIGINT', 'BIGINT', 'DOUBLE')"
@@ -85,13 +85,6 @@ def read_day(landing_db: Path, account_id: str, day: date) -> pa.RecordBatchRead
     return pa.RecordBatchReader.from_batches(SCHEMA, batches())
 
 
-def _fields() -> tuple[set[str], set[str]]:
-    numeric = {m.rule.field for m in METRICS if m.rule.field}
-    text = {f for m in METRICS for f, _ in m.rule.where} | {
-        f for m in METRICS for f in m.rule.distinct_on}
-    return {f for f in numeric if f}, text
-
-
 def _quote(values: object) -> str:
     return ", ".join("'" + str(v).replace("'", "''") + "'" for v in sorted(values))  # type: ignore[call-overload]
 
@@ -121,12 +114,11 @@ def _expression(rule: Rule) -> str:
 def fields_sql(source: str, *, keep_raw: bool = False) -> str:
     """Each event of ``source`` (user_id, member, ide_category, body) with the fields the rules
     read, typed: ``n_<field>`` numbers (only JSON numbers count) and ``s_<field>`` strings."""
-    numeric, text = _fields()
     project = [f"CASE WHEN json_type(ev, '$.\"{f}\"') IN {NUMBER_TYPES} THEN "
                f"TRY_CAST(json_extract_string(ev, '$.\"{f}\"') AS BIGINT) END AS n_{f}"
-               for f in sorted(numeric)]
+               for f in numeric_fields()]
     project += [f"CASE WHEN json_type(ev, '$.\"{f}\"') = 'VARCHAR' THEN "
-                f"json_extract_string(ev, '$.\"{f}\"') END AS s_{f}" for f in sorted(text)]
+                f"json_extract_string(ev, '$.\"{f}\"') END AS s_{f}" for f in text_fields()]
     raw = "body, " if keep_raw else ""
     member_id = "CASE member " + " ".join(
         f"WHEN '{name}' THEN {i}" for name, i in MEMBER_IDS.items()) + " END::UTINYINT"
@@ -242,12 +234,6 @@ def counted_day(landing_db: Path, account_id: str, day: date,
     finally:
         conn.close()
     return DayAggregate(account_id, day, day_window(day), rows, events)
-
-
-def column_order(layout: str) -> list[int]:
-    """For each metric column of the layout, its index in METRICS."""
-    index = {m.name: i for i, m in enumerate(METRICS)}
-    return [index[name] for name in column_metric(layout)]
 
 
 def aggregate_day(landing_db: Path, account_id: str, day: date, *, rebuild: bool = False,

@@ -24,7 +24,6 @@ from . import settings as settings_mod
 from .config import Config
 from .deliver import Backoff
 from .errors import KiroActivityError, UsageError
-from .report import build_drop
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -281,15 +280,8 @@ def report_build(ctx: click.Context, account_id: str, day: str, out: Path,
     """Write a day's report files under OUT without delivering them; prints their paths."""
     conn = _control(ctx)
     account = store.require_account(conn, account_id)
-    s = settings_mod.get(conn, account_id)
-    prefix = settings_mod.split_s3_uri(s.s3_uri)[1] if s.s3_uri else ""
-    when = daily.check_day(day)
-    now = time.time()
-    agg = aggregate.aggregate_day(ctx.obj.landing_db, account_id, when, rebuild=rebuild,
-                                  layout=s.layout, archive_dir=ctx.obj.archive_dir)
-    drop = build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
-                      generated_at=datetime.fromtimestamp(now, UTC),
-                      partial=not daily.closed(when, now))
+    drop = daily.render(ctx.obj, account, settings_mod.get(conn, account_id),
+                        daily.check_day(day), now=time.time(), rebuild=rebuild)
     for obj in drop.objects:
         path = out / obj.key
         path.parent.mkdir(parents=True, exist_ok=True)

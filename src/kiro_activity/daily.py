@@ -21,7 +21,7 @@ from .aggregate import aggregate_day
 from .config import Config
 from .deliver import Backoff, Destination, LocalDestination, S3Destination, put_with_retries
 from .errors import DeliveryError, UsageError
-from .report import build_drop
+from .report import Drop, build_drop
 from .store import Account, connect, require_account, transaction
 
 
@@ -37,15 +37,15 @@ class Outcome:
 
 
 def destination_for(config: Config, account: Account,
-                    s: settings_mod.Settings) -> tuple[Destination, str, str]:
-    """The destination, its description (recorded in the ledger) and the key prefix."""
+                    s: settings_mod.Settings) -> tuple[Destination, str]:
+    """The destination and its description (recorded in the ledger)."""
     if s.s3_uri:
         bucket, prefix = settings_mod.split_s3_uri(s.s3_uri)
         dest = S3Destination(bucket, expected_owner=account.account_id, region=account.region,
                              sse=s.sse, kms_key_arn=s.kms_key_arn)
-        return dest, f"s3://{bucket}/{prefix}/ ({s.layout}, {s.sse})", prefix
+        return dest, f"s3://{bucket}/{prefix}/ ({s.layout}, {s.sse})"
     root = config.data_dir / "reports"
-    return LocalDestination(root), f"folder {root.resolve()} ({s.layout})", ""
+    return LocalDestination(root), f"folder {root.resolve()} ({s.layout})"
 
 
 def closed(day: date, now: float) -> bool:
@@ -60,13 +60,20 @@ def _plan_row(conn: sqlite3.Connection, account_id: str, day: date) -> tuple[obj
     return row
 
 
-def plan(conn: sqlite3.Connection, config: Config, account: Account, day: date, *,
-         s: settings_mod.Settings, description: str, prefix: str, now: float,
-         replace: bool) -> None:
-    """Aggregate, render and freeze the day's drop in the ledger (one transaction)."""
-    agg = aggregate_day(config.landing_db, account.account_id, day, layout=s.layout)
-    drop = build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
+def render(config: Config, account: Account, s: settings_mod.Settings, day: date, *,
+           now: float, rebuild: bool = False) -> Drop:
+    """The day's objects under the account's settings (from the counters, or rebuilt)."""
+    prefix = settings_mod.split_s3_uri(s.s3_uri)[1] if s.s3_uri else ""
+    agg = aggregate_day(config.landing_db, account.account_id, day, layout=s.layout,
+                        rebuild=rebuild, archive_dir=config.archive_dir)
+    return build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
                       generated_at=datetime.fromtimestamp(now, UTC), partial=not closed(day, now))
+
+
+def plan(conn: sqlite3.Connection, config: Config, account: Account, day: date, *,
+         s: settings_mod.Settings, description: str, now: float, replace: bool) -> None:
+    """Aggregate, render and freeze the day's drop in the ledger (one transaction)."""
+    drop = render(config, account, s, day, now=now)
     key = (account.account_id, day.isoformat())
     with transaction(conn):
         previous = _plan_row(conn, account.account_id, day)
@@ -91,7 +98,7 @@ def deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[],
     try:
         account = require_account(conn, account_id)
         s = settings_mod.get(conn, account_id)
-        dest, description, prefix = destination_for(config, account, s)
+        dest, description = destination_for(config, account, s)
         dest = destination or dest
         row = _plan_row(conn, account_id, day)
         if row and row[1] is not None and not replace:
@@ -100,8 +107,8 @@ def deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[],
             "SELECT 1 FROM drop_objects WHERE account_id = ? AND day = ? AND delivered_at"
             " IS NOT NULL", (account_id, day.isoformat())).fetchone() is not None
         if row is None or replace or (row[0] != description and not delivered_any):
-            plan(conn, config, account, day, s=s, description=description, prefix=prefix,
-                 now=now(), replace=replace)
+            plan(conn, config, account, day, s=s, description=description, now=now(),
+                 replace=replace)
         return _send(conn, dest, account_id, day, now=now, attempts=attempts,
                      backoff=backoff or Backoff(), sleep=sleep)
     finally:

@@ -98,8 +98,6 @@ class IngestApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                if self._own_landing:
-                    self.landing.start()
                 if self.scheduler is not None:
                     self._tasks.append(asyncio.create_task(
                         self.scheduler.run(self._stop, self._barrier)))

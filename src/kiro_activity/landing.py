@@ -140,9 +140,6 @@ class LandingLog:
         self.commits = 0
         self.healthy = True
 
-    def start(self) -> None:
-        """Kept for symmetry with :meth:`close`; the writer thread starts on first use."""
-
     def close(self) -> None:
         """Finish what was handed to the writer, write the counters, close the database."""
         self._writer.submit(self._flush_counters)

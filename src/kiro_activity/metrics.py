@@ -165,7 +165,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("Transformation_LinesIngested", "/transform lines provided for transformation, "
            "excluding command line", Rule(TRANSFORM, "sum", "linesOfCodeSubmitted", not_cli=True)),
 )
-BY_NAME = {m.name: m for m in METRICS}
+INDEX = {m.name: i for i, m in enumerate(METRICS)}
 
 
 def metric_columns(layout: str = "documented") -> list[str]:
@@ -180,20 +180,29 @@ def column_metric(layout: str = "documented") -> list[str]:
     return [back.get(c, c) for c in metric_columns(layout)]
 
 
+def column_order(layout: str = "documented") -> list[int]:
+    """For each metric column of the layout, its index in METRICS."""
+    return [INDEX[name] for name in column_metric(layout)]
+
+
 def header(layout: str = "documented") -> list[str]:
     return ["UserId", "Date", *metric_columns(layout)]
 
 
+def numeric_fields() -> list[str]:
+    """The event fields some rule sums."""
+    return sorted({m.rule.field for m in METRICS if m.rule.field})
+
+
+def text_fields() -> list[str]:
+    """The event fields some rule filters on or counts distinct values of."""
+    return sorted({f for m in METRICS for f, _ in m.rule.where}
+                  | {f for m in METRICS for f in m.rule.distinct_on})
+
+
 def fields_used() -> list[str]:
     """Every event field that some rule reads (for the aggregation's projection)."""
-    names: set[str] = set()
-    for m in METRICS:
-        r = m.rule
-        names.update(f for f, _ in r.where)
-        names.update(r.distinct_on)
-        if r.field:
-            names.add(r.field)
-    return sorted(names)
+    return sorted({*numeric_fields(), *text_fields()})
 
 
 def definitions() -> dict[str, Any]:
@@ -262,7 +271,6 @@ def _key(value: Any) -> str | None:
 # log keeps those counters as events are committed, so a day's report costs in proportion to its
 # users, not its events; tests prove it equal to the rebuild from raw events.
 
-INDEX = {m.name: i for i, m in enumerate(METRICS)}
 DISTINCT = tuple(i for i, m in enumerate(METRICS) if m.rule.agg == "distinct")
 _BY_MEMBER: dict[str, list[tuple[int, Rule]]] = {}
 for _i, _m in enumerate(METRICS):

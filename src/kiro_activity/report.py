@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from .aggregate import DayAggregate, column_order
-from .metrics import LAYOUTS, header
+from .aggregate import DayAggregate
+from .metrics import LAYOUTS, column_order, header
 
 PART_SIZE = 1000
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
