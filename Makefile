@@ -21,6 +21,7 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 pytest: $(BIN)/.installed
+	scripts/ensure-chromium
 	$(BIN)/python -m pytest
 
 test: lint pytest

@@ -60,7 +60,7 @@ def prepare(data_dir: Path, users: int) -> tuple[Config, list[str]]:
     conn = store.connect(config.control_db)
     store.add_account(conn, ACCOUNT, REGION, now=time.time())
     tokens = [t for _, t in store.issue_tokens(conn, ACCOUNT, [f"u{i}" for i in range(users)],
-                                                now=time.time())]
+                                                now=time.time(), actor="bench")]
     conn.close()
     return config, tokens
 

@@ -67,7 +67,7 @@ class Server:
         key = f"{account}/{user}"
         if key not in self.tokens:
             conn = store.connect(self.config.control_db)
-            [(_, tok)] = store.issue_tokens(conn, account, [user], now=time.time())
+            [(_, tok)] = store.issue_tokens(conn, account, [user], now=time.time(), actor="test")
             conn.close()
             self.tokens[key] = tok
         return self.tokens[key]
@@ -153,3 +153,27 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def moto_owner_url() -> Iterator[str]:
+    """moto's S3 server that also enforces ExpectedBucketOwner (tests/moto_owner.py)."""
+    port = free_port()
+    launcher = Path(__file__).with_name("moto_owner.py")
+    proc = subprocess.Popen(
+        [sys.executable, str(launcher), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not answers(port):
+            assert proc.poll() is None, "moto owner server exited"
+            assert time.monotonic() < deadline, "moto owner server did not answer"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

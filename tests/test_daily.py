@@ -44,7 +44,8 @@ def config(tmp_path: Path) -> Config:
 
 def enable(config: Config, since: date = DAY, **changes: Any) -> None:
     conn = store.connect(config.control_db)
-    settings.update(conn, ACCOUNT, now=NOON, today=since, enabled=True, **changes)
+    settings.update(conn, ACCOUNT, {"enabled": True, **changes}, actor="test", now=NOON,
+                    today=since, writer=config.writer_principal)
     conn.close()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import time
 import uuid
@@ -19,7 +20,7 @@ import orjson
 import pytest
 
 from conftest import ACCOUNT, OTHER_ACCOUNT, PROFILE, TARGET, Server, setup_accounts
-from kiro_activity import metrics, settings, store
+from kiro_activity import location, metrics, settings, store
 from kiro_activity.demo import free_port
 
 DAY = date(2026, 11, 30)
@@ -143,15 +144,22 @@ def test_reports_delivered_at_midnight(tmp_path: Path, aws_env: None, moto_url: 
     s3 = boto3.session.Session().client("s3", region_name="us-east-1")
     buckets = {ACCOUNT: f"kiro-e2e-a-{uuid.uuid4().hex[:8]}",
                OTHER_ACCOUNT: f"kiro-e2e-b-{uuid.uuid4().hex[:8]}"}
-    for b in buckets.values():
-        s3.create_bucket(Bucket=b)
+    s3.create_bucket(Bucket=buckets[ACCOUNT])
+    s3.create_bucket(Bucket=buckets[OTHER_ACCOUNT],  # in the Region of that account's profile
+                     CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     data = tmp_path / "data"
     setup_accounts(data)
     conn = store.connect(data / "control.db")
-    settings.update(conn, ACCOUNT, now=0, today=DAY, enabled=True,
-                    s3_uri=f"s3://{buckets[ACCOUNT]}/user-activity-reports/")
-    settings.update(conn, OTHER_ACCOUNT, now=0, today=DAY, enabled=True, layout="delivered",
-                    s3_uri=f"s3://{buckets[OTHER_ACCOUNT]}/reports/")
+    for account_id, prefix, layout in [(ACCOUNT, "user-activity-reports", "documented"),
+                                       (OTHER_ACCOUNT, "reports", "delivered")]:
+        account = store.require_account(conn, account_id)
+        policy = location.documented_policy(buckets[account_id], prefix, account)
+        s3.put_bucket_policy(Bucket=buckets[account_id], Policy=json.dumps(policy))
+        _, report = settings.update(
+            conn, account_id, {"enabled": True, "layout": layout,
+                               "s3_uri": f"s3://{buckets[account_id]}/{prefix}/"},
+            actor="test", now=0, today=DAY, writer="q.amazonaws.com")
+        assert report.warnings == [], report.warnings
     conn.close()
     start = datetime(2026, 11, 30, 23, 59, 50, tzinfo=UTC)
     server = Server(data_dir=data, port=free_port(),

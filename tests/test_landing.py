@@ -154,12 +154,12 @@ def test_rate_limiter_refills() -> None:
 def test_token_cache_sees_revocation_by_another_connection(tmp_path: Path) -> None:
     conn = store.connect(tmp_path / "control.db")
     store.add_account(conn, "111122223333", "us-east-1", now=0)
-    [(_, token)] = store.issue_tokens(conn, "111122223333", ["u"], now=0)
+    [(_, token)] = store.issue_tokens(conn, "111122223333", ["u"], now=0, actor="test")
     auth = Authenticator(tmp_path / "control.db", clock=time.time, recheck=0.0)
     try:
         assert auth.principal(f"Bearer {token}").principal == "u"
         assert auth.principal(f"Bearer {token}").principal == "u"  # cached
-        store.revoke_tokens(conn, "111122223333", now=1, token=token)
+        store.revoke_tokens(conn, "111122223333", now=1, actor="test", token=token)
         with pytest.raises(AccessDeniedError):
             auth.principal(f"Bearer {token}")
     finally:

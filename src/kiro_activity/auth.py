@@ -53,7 +53,17 @@ class Authenticator:
 
     def principal(self, authorization: str | None, *, kind: str = "user") -> Principal:
         """The live principal of the header's token, of the given kind, or AccessDeniedError."""
-        token = bearer_token(authorization)
+        found = self.lookup(bearer_token(authorization))
+        if found is None:
+            raise AccessDeniedError(DENIED)
+        if found.kind != kind:
+            raise AccessDeniedError(
+                f"this operation needs a {kind} token, not an {found.kind} token"
+            )
+        return found
+
+    def lookup(self, token: str) -> Principal | None:
+        """The live principal of a token, or None (unknown, revoked or expired)."""
         self._refresh()
         now = self._clock()
         if token in self._cache:
@@ -64,11 +74,7 @@ class Authenticator:
                 self._cache.clear()
             self._cache[token] = found
         if found is None or (found.expires_at is not None and found.expires_at <= now):
-            raise AccessDeniedError(DENIED)
-        if found.kind != kind:
-            raise AccessDeniedError(
-                f"this operation needs a {kind} token, not an {found.kind} token"
-            )
+            return None
         return found
 
     def _refresh(self) -> None:

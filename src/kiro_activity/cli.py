@@ -23,7 +23,7 @@ from . import aggregate, daily, landing, metrics, store
 from . import settings as settings_mod
 from .config import Config
 from .deliver import Backoff
-from .errors import KiroActivityError, UsageError
+from .errors import KiroActivityError, SettingsRejected, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -134,18 +134,24 @@ def tokens() -> None:
 
 
 @tokens.command("issue")
-@click.option("--account", "account_id", required=True, help="The user's account.")
+@click.option("--account", "accounts", required=True, multiple=True,
+              help="The user's account; an --admin token may name several (repeat the option).")
 @click.option("--user", "users", required=True, multiple=True,
-              help="User id; repeat for many users (then one USER<TAB>TOKEN line each).")
+              help="User id (or the admin's name); repeat for many (then USER<TAB>TOKEN lines).")
+@click.option("--admin", is_flag=True,
+              help="Issue an admin token (settings, status, audit of its accounts), not a "
+                   "telemetry token.")
 @click.option("--expires-in-days", type=float, help="Expire the token(s) after this many days.")
 @click.pass_context
 @_errors
-def tokens_issue(ctx: click.Context, account_id: str, users: tuple[str, ...],
-                 expires_in_days: float | None) -> None:
-    """Print a new telemetry token for each --user (the token is never shown again)."""
+def tokens_issue(ctx: click.Context, accounts: tuple[str, ...], users: tuple[str, ...],
+                 admin: bool, expires_in_days: float | None) -> None:
+    """Print a new token for each --user (the token is never shown again)."""
     now = time.time()
     expires = now + expires_in_days * 86400 if expires_in_days is not None else None
-    issued = store.issue_tokens(_control(ctx), account_id, users, now=now, expires_at=expires)
+    issued = store.issue_tokens(_control(ctx), accounts[0], users, now=now, expires_at=expires,
+                                actor=store.local_actor(), kind="admin" if admin else "user",
+                                scopes=accounts[1:])
     if len(issued) == 1:
         click.echo(issued[0][1])
     else:
@@ -154,7 +160,7 @@ def tokens_issue(ctx: click.Context, account_id: str, users: tuple[str, ...],
 
 @tokens.command("revoke")
 @click.option("--account", "account_id", required=True)
-@click.option("--user", help="Revoke every live token of this user.")
+@click.option("--user", help="Revoke every live token of this user (or admin).")
 @click.option("--token", help="Revoke this token.")
 @click.option("--id", "token_id", type=int, help="Revoke the token with this id (see list).")
 @click.pass_context
@@ -163,7 +169,7 @@ def tokens_revoke(ctx: click.Context, account_id: str, user: str | None, token: 
                   token_id: int | None) -> None:
     """Revoke tokens; they are refused from the next request on."""
     n = store.revoke_tokens(_control(ctx), account_id, now=time.time(), principal=user,
-                            token=token, token_id=token_id)
+                            token=token, token_id=token_id, actor=store.local_actor())
     click.echo(f"revoked {n} token(s)", err=True)
     if n == 0:
         sys.exit(1)
@@ -182,7 +188,8 @@ def tokens_list(ctx: click.Context, account_id: str, as_json: bool) -> None:
         return
     for t in rows:
         state = "revoked" if t["revoked_at"] else "live"
-        click.echo(f"{t['token_id']}\t{t['kind']}\t{t['principal']}\t{state}")
+        scope = f"\t{','.join(t['scopes'])}" if t["kind"] == "admin" else ""
+        click.echo(f"{t['token_id']}\t{t['kind']}\t{t['principal']}\t{state}{scope}")
 
 
 @main.command("events")
@@ -219,7 +226,7 @@ def demo(ctx: click.Context, users: int, port: int) -> None:
 
 @main.group("settings")
 def settings_group() -> None:
-    """Show and change an account's report settings."""
+    """Show, change and validate an account's report settings."""
 
 
 @settings_group.command("show")
@@ -228,37 +235,125 @@ def settings_group() -> None:
 @click.pass_context
 @_errors
 def settings_show(ctx: click.Context, account_id: str, as_json: bool) -> None:
-    """Print ACCOUNT_ID's settings."""
+    """Print ACCOUNT_ID's settings (and the warnings of their last validation)."""
     values = settings_mod.get(_control(ctx), account_id).as_dict()
     if as_json:
         click.echo(json.dumps(values, indent=2))
         return
     for name, value in values.items():
-        click.echo(f"{name}\t{'' if value is None else value}")
+        if name != "warnings":
+            click.echo(f"{name}\t{'' if value is None else value}")
+    for warning in values["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
 
 
-def _setting_help(name: str) -> str:
-    return next(h for n, _, _, h in settings_mod.TABLE if n == name)
+def _setting_options(fn: F) -> F:
+    """One option per setting of the table (help, choices and flag from settings.SETTINGS)."""
+    for s in reversed(settings_mod.SETTINGS):
+        if s.type == "bool":
+            option = click.option(s.flag, s.name, default=None, help=s.help)
+        elif s.type == "choice":
+            option = click.option(s.flag, s.name, type=click.Choice(s.choices), help=s.help)
+        else:
+            option = click.option(s.flag, s.name, metavar="TEXT", help=s.help)
+        fn = option(fn)
+    return fn
+
+
+_POLICY_FILE = click.option(
+    "--policy-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Check this bucket policy (JSON) instead of reading it from the bucket.")
+
+
+def _echo_findings(report: Any) -> None:
+    for f in report.problems:
+        click.echo(f"problem [{f.check}]: {f.message}", err=True)
+    for f in report.warnings:
+        click.echo(f"warning [{f.check}]: {f.message}", err=True)
 
 
 @settings_group.command("set")
 @click.argument("account_id")
-@click.option("--enable/--disable", default=None, help=_setting_help("enabled"))
-@click.option("--s3-uri", help=_setting_help("s3_uri"))
-@click.option("--layout", type=click.Choice(["documented", "delivered"]),
-              help=_setting_help("layout"))
-@click.option("--sse", type=click.Choice(["AES256", "aws:kms"]), help=_setting_help("sse"))
-@click.option("--kms-key-arn", help=_setting_help("kms_key_arn"))
+@_setting_options
+@_POLICY_FILE
 @click.pass_context
 @_errors
-def settings_set(ctx: click.Context, account_id: str, enable: bool | None, s3_uri: str | None,
-                 layout: str | None, sse: str | None, kms_key_arn: str | None) -> None:
-    """Validate and save settings; refuse with every problem listed (exit 1)."""
+def settings_set(ctx: click.Context, /, account_id: str, policy_file: Path | None,
+                 **values: Any) -> None:
+    """Validate and save settings; refuse with every problem listed (exit 1).
+
+    The S3 location is checked as the settings spec says: the URI and prefix, the bucket's
+    Region and owner, and its bucket policy (read with your own AWS credentials, or from
+    --policy-file). Warnings are saved, shown, and do not refuse.
+    """
     now = time.time()
-    saved = settings_mod.update(
-        _control(ctx), account_id, now=now, today=datetime.fromtimestamp(now, UTC).date(),
-        enabled=enable, s3_uri=s3_uri, layout=layout, sse=sse, kms_key_arn=kms_key_arn)
+    changes = {k: v for k, v in values.items() if v is not None}
+    policy = policy_file.read_text(encoding="utf-8", errors="replace") if policy_file else None
+    conn = _control(ctx)
+    store.require_account(conn, account_id)
+    try:
+        saved, report = settings_mod.update(
+            conn, account_id, changes, actor=store.local_actor(), now=now,
+            today=datetime.fromtimestamp(now, UTC).date(), writer=ctx.obj.writer_principal,
+            policy=policy)
+    except SettingsRejected as exc:
+        click.echo("error: settings not saved", err=True)
+        for check, message in exc.problems:
+            click.echo(f"problem [{check}]: {message}", err=True)
+        for check, message in exc.warnings:
+            click.echo(f"warning [{check}]: {message}", err=True)
+        sys.exit(1)
+    for f in report.warnings:
+        click.echo(f"warning [{f.check}]: {f.message}", err=True)
     click.echo(json.dumps(saved.as_dict(), indent=2))
+
+
+@settings_group.command("validate")
+@click.argument("account_id")
+@_POLICY_FILE
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@click.pass_context
+@_errors
+def settings_validate(ctx: click.Context, account_id: str, policy_file: Path | None,
+                      as_json: bool) -> None:
+    """Run every check of the saved settings again (after a bucket policy change, say).
+
+    Exits 0 only when the location is valid; warnings are printed and do not fail it.
+    """
+    policy = policy_file.read_text(encoding="utf-8", errors="replace") if policy_file else None
+    report = settings_mod.validate(_control(ctx), account_id, writer=ctx.obj.writer_principal,
+                                   policy=policy, now=time.time())
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        _echo_findings(report)
+        click.echo("valid" if report.valid else "not valid")
+    if not report.valid:
+        sys.exit(1)
+
+
+@settings_group.command("docs")
+def settings_docs() -> None:
+    """Print the settings table as Markdown (docs/settings.md)."""
+    click.echo(settings_mod.docs_markdown(), nl=False)
+
+
+@main.command("audit")
+@click.argument("account_id")
+@click.option("--limit", type=int, default=100, show_default=True, help="Newest entries shown.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@_errors
+def audit_cmd(ctx: click.Context, account_id: str, limit: int, as_json: bool) -> None:
+    """Settings changes, token issues and revokes, and report replacements: who, when, what."""
+    entries = [e.as_dict() for e in store.audit_log(_control(ctx), account_id, limit=limit)]
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for e in entries:
+        before = "" if e["before"] is None else json.dumps(e["before"], sort_keys=True)
+        after = "" if e["after"] is None else json.dumps(e["after"], sort_keys=True)
+        click.echo(f"{e['at']}\t{e['actor']}\t{e['action']}\t{e['target']}\t{before}\t{after}")
 
 
 @main.group()
@@ -305,7 +400,8 @@ def report_run(ctx: click.Context, account_id: str, day: str, replace: bool,
         raise UsageError(f"{when} is not closed yet (it closes at 00:00 UTC); "
                          "use 'report build' to look at it so far")
     outcome = daily.deliver_day(ctx.obj, account_id, when, now=time.time, replace=replace,
-                                attempts=attempts, backoff=Backoff(base=0.5, cap=5))
+                                attempts=attempts, backoff=Backoff(base=0.5, cap=5),
+                                actor=store.local_actor())
     for key, result in outcome.objects:
         click.echo(f"{result}\t{key}")
     if outcome.state == "failed":
@@ -339,7 +435,8 @@ def report_backfill(ctx: click.Context, account_id: str, first: str, last: str, 
         for day in days:
             outcome = daily.deliver_day(ctx.obj, account_id, day, now=time.time,
                                         replace=replace, attempts=attempts,
-                                        backoff=Backoff(base=0.5, cap=5))
+                                        backoff=Backoff(base=0.5, cap=5),
+                                        actor=store.local_actor())
             progress.advance(task)
             click.echo(f"{day}\t{outcome.state}")
             if outcome.state == "failed":

@@ -22,7 +22,7 @@ from .config import Config
 from .deliver import Backoff, Destination, LocalDestination, S3Destination, put_with_retries
 from .errors import DeliveryError, UsageError
 from .report import Drop, build_drop
-from .store import Account, connect, require_account, transaction
+from .store import Account, connect, record, require_account, transaction
 
 
 @dataclass
@@ -67,17 +67,26 @@ def render(config: Config, account: Account, s: settings_mod.Settings, day: date
     agg = aggregate_day(config.landing_db, account.account_id, day, layout=s.layout,
                         rebuild=rebuild, archive_dir=config.archive_dir)
     return build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
-                      generated_at=datetime.fromtimestamp(now, UTC), partial=not closed(day, now))
+                      generated_at=datetime.fromtimestamp(now, UTC), partial=not closed(day, now),
+                      manifest=s.manifest or not s.s3_uri)
 
 
 def plan(conn: sqlite3.Connection, config: Config, account: Account, day: date, *,
-         s: settings_mod.Settings, description: str, now: float, replace: bool) -> None:
+         s: settings_mod.Settings, description: str, now: float, replace: bool,
+         actor: str | None = None) -> None:
     """Aggregate, render and freeze the day's drop in the ledger (one transaction)."""
     drop = render(config, account, s, day, now=now)
     key = (account.account_id, day.isoformat())
     with transaction(conn):
         previous = _plan_row(conn, account.account_id, day)
         replacements = int(str(previous[2])) + 1 if previous and replace else 0
+        if replace:
+            record(conn, now=now, account_id=account.account_id, actor=actor or "service",
+                   action="report.replace", target=f"report {day.isoformat()}",
+                   before={"replacements": int(str(previous[2])) if previous else None,
+                           "destination": previous[0] if previous else None},
+                   after={"replacements": replacements, "destination": description,
+                          "users": drop.users, "events": drop.events})
         conn.execute("DELETE FROM drop_objects WHERE account_id = ? AND day = ?", key)
         conn.execute("INSERT OR REPLACE INTO drops (account_id, day, layout, destination, users,"
                      " events, planned_at, replacements) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -92,7 +101,7 @@ def plan(conn: sqlite3.Connection, config: Config, account: Account, day: date, 
 def deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[], float],
                 replace: bool = False, attempts: int = 1, backoff: Backoff | None = None,
                 sleep: Callable[[float], None] = time.sleep,
-                destination: Destination | None = None) -> Outcome:
+                destination: Destination | None = None, actor: str | None = None) -> Outcome:
     """Plan the day if needed, then put every object not yet delivered, in order."""
     conn = connect(config.control_db)
     try:
@@ -108,7 +117,7 @@ def deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[],
             " IS NOT NULL", (account_id, day.isoformat())).fetchone() is not None
         if row is None or replace or (row[0] != description and not delivered_any):
             plan(conn, config, account, day, s=s, description=description, now=now(),
-                 replace=replace)
+                 replace=replace, actor=actor)
         return _send(conn, dest, account_id, day, now=now, attempts=attempts,
                      backoff=backoff or Backoff(), sleep=sleep)
     finally:

@@ -101,7 +101,8 @@ def prepare(config: Config, users: int, day_start: float, rng: random.Random) ->
         account = store.get_account(conn, account_id) or store.add_account(
             conn, account_id, region, now=time.time())
         names = [f"user-{account_id[-4:]}-{i:04d}" for i in range(max(1, int(users * share)))]
-        for name, token in store.issue_tokens(conn, account_id, names, now=time.time()):
+        issued = store.issue_tokens(conn, account_id, names, now=time.time(), actor="demo")
+        for name, token in issued:
             bodies = user_day(rng, user_id=name, day_start=day_start,
                               n_events=rng.randint(20, 120), profile_arn=account.profile_arn)
             senders.append(Sender(name, token, bodies))
@@ -160,7 +161,8 @@ def _enable(config: Config, day: date) -> None:
             current = settings.get(conn, account_id)
             if not current.enabled or (current.enabled_since or day) > day:
                 conn.execute("DELETE FROM settings WHERE account_id = ?", (account_id,))
-                settings.update(conn, account_id, now=time.time(), today=day, enabled=True)
+                settings.update(conn, account_id, {"enabled": True}, actor="demo", now=time.time(),
+                                today=day, writer=config.writer_principal)
     finally:
         conn.close()
 

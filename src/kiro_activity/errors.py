@@ -10,7 +10,15 @@
     │   ├── ThrottlingError             429  over the per-token rate limit
     │   └── InternalServerError         500  our fault (503 when the store cannot commit)
     │       └── StoreUnavailableError   503  the landing log could not commit (disk full, I/O)
+    ├── AdminError                      answered by the admin API as {"error": {type, message,
+    │   │                                   problems, warnings}}
+    │   ├── UnauthorizedError           401  no, unknown, revoked or expired admin token/session
+    │   ├── ForbiddenError              403  a telemetry token, or an account the admin lacks
+    │   ├── BadRequestError             400  malformed body, bad value, invalid settings
+    │   ├── NotFoundError               404  no such admin endpoint
+    │   └── ConflictError               409  a day that is not closed yet
     ├── UsageError                      a CLI/library caller asked for something impossible
+    │   └── SettingsRejected            settings that fail validation, with every problem
     └── DeliveryError                   a report object could not be put at its destination
         ├── TransientDeliveryError      throttling, 5xx, connection: retry with backoff
         └── ConfigurationDeliveryError  403, no bucket, wrong owner, KMS denied, wrong Region:
@@ -90,8 +98,71 @@ class StoreUnavailableError(InternalServerError):
     status = 503
 
 
+class AdminError(KiroActivityError):
+    """An admin API error: ``status``, ``type_name``, and the problems/warnings it lists."""
+
+    status = 400
+    type_name = "BadRequest"
+
+    def __init__(self, message: str, *, problems: list[tuple[str, str]] | None = None,
+                 warnings: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems = problems or []
+        self.warnings = warnings or []
+
+    def body(self) -> dict[str, object]:
+        return {"error": {
+            "type": self.type_name, "message": self.message,
+            "problems": [{"check": c, "message": m} for c, m in self.problems],
+            "warnings": [{"check": c, "message": m} for c, m in self.warnings],
+        }}
+
+
+class UnauthorizedError(AdminError):
+    """401: no, unknown, revoked or expired admin token (or web session)."""
+
+    status = 401
+    type_name = "Unauthorized"
+
+
+class ForbiddenError(AdminError):
+    """403: a telemetry token, or an account this admin does not administer."""
+
+    status = 403
+    type_name = "Forbidden"
+
+
+class BadRequestError(AdminError):
+    """400: a malformed body, a bad value, or settings that fail validation."""
+
+
+class NotFoundError(AdminError):
+    """404: no such admin endpoint."""
+
+    status = 404
+    type_name = "NotFound"
+
+
+class ConflictError(AdminError):
+    """409: the request is valid but not now (a day that is not closed yet)."""
+
+    status = 409
+    type_name = "Conflict"
+
+
 class UsageError(KiroActivityError):
     """A caller asked for something impossible (unknown account, bad id); exit 1 in the CLI."""
+
+
+class SettingsRejected(UsageError):
+    """Settings that fail validation: every problem (and warning) as (check, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]],
+                 warnings: list[tuple[str, str]] | None = None) -> None:
+        self.problems = problems
+        self.warnings = warnings or []
+        super().__init__("settings not saved:\n" + "\n".join(f"- {m}" for _, m in problems))
 
 
 class DeliveryError(KiroActivityError):

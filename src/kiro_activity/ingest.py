@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from . import events, openapi
+from .admin import Admin, AdminApi
 from .auth import Authenticator, RateLimiter
 from .body import ClientDisconnected, read_body
 from .config import Config
@@ -35,6 +36,7 @@ from .landing import LandingLog, LandingRecord
 from .metrics import deltas
 from .schedule import Scheduler
 from .store import Principal
+from .web import WebPages
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,9 @@ class IngestApp:
         self.limiter = RateLimiter(config.rate_per_token, config.burst_per_token)
         self._openapi = orjson.dumps(openapi.document(config))
         self.scheduler = Scheduler(config, clock) if config.schedule else None
+        admin = Admin(config, clock)
+        self.admin_api = AdminApi(admin, self.auth)
+        self.pages = WebPages(admin)
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -81,6 +86,11 @@ class IngestApp:
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path.startswith("/admin"):
+            app = self.admin_api if path.startswith("/admin/v1/") else self.pages
+            await app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
                    if k in WANTED_HEADERS}
@@ -131,6 +141,8 @@ class IngestApp:
             await self._batch(headers, receive, send)
         elif method == "GET" and path == "/health":
             await self._health(send)
+        elif method == "GET" and path == "/":
+            await _send(send, 303, b"", [(b"location", b"/admin/")])
         elif method == "GET" and path == "/openapi.json":
             await _send(send, 200, self._openapi)
         else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import __version__, events
+from . import __version__, events, settings
 from .config import Config
 
 ERRORS = {
@@ -56,6 +56,15 @@ def document(config: Config) -> dict[str, Any]:
                 " results: [{line, status, __type?, message?}]}`",
                 "content": {"application/json": {"schema": {"type": "object"}}}}
     components = events.openapi_components()
+    components["AdminError"] = {"type": "object", "properties": {"error": {
+        "type": "object", "required": ["type", "message", "problems", "warnings"],
+        "properties": {"type": {"type": "string"}, "message": {"type": "string"},
+                       "problems": {"type": "array", "items": {"$ref": "#/components/schemas/"
+                                                                       "Finding"}},
+                       "warnings": {"type": "array", "items": {"$ref": "#/components/schemas/"
+                                                                       "Finding"}}}}}}
+    components["Finding"] = {"type": "object", "properties": {
+        "check": {"type": "string"}, "message": {"type": "string"}}}
     components["Error"] = {
         "type": "object", "required": ["__type", "message"],
         "properties": {"__type": {"type": "string"}, "message": {"type": "string"},
@@ -64,7 +73,7 @@ def document(config: Config) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": "kiro-activity ingestion API", "version": __version__,
+            "title": "kiro-activity API", "version": __version__,
             "description": (
                 "SendTelemetryEvent as real IDE clients send it (awsJson 1.0 and restJson1), "
                 f"bodies up to {config.max_body_bytes} bytes (after gzip decompression), "
@@ -95,5 +104,65 @@ def document(config: Config) -> dict[str, Any]:
                 "200": {"description": "ok"}, "503": {"description": "cannot commit"}}}},
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            **admin_paths(),
         },
+    }
+
+
+ADMIN_ERRORS = {
+    "400": "BadRequest: malformed body or a bad value; invalid settings list every problem",
+    "401": "Unauthorized: no, unknown, revoked or expired admin token",
+    "403": "Forbidden: a telemetry token, or an account this admin token does not administer "
+           "(the same answer whether or not the account exists)",
+}
+
+
+def _admin(summary: str, body: dict[str, Any] | None = None,
+           extra: dict[str, str] | None = None) -> dict[str, Any]:
+    error = {"content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/AdminError"}}}}
+    op: dict[str, Any] = {
+        "summary": summary, "security": [{"bearer": []}],
+        "responses": {"200": {"description": "ok", "content": {"application/json": {
+            "schema": {"type": "object"}}}},
+            **{code: {"description": text, **error}
+               for code, text in {**ADMIN_ERRORS, **(extra or {})}.items()}},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": False, "content": {"application/json": {
+            "schema": body}}}
+    return op
+
+
+def admin_paths() -> dict[str, Any]:
+    """The admin API (bearer admin token); the settings schema comes from the settings table."""
+    change = {**settings.json_schema()}
+    change["properties"] = {**change["properties"], "policy": {
+        "description": "A bucket policy (object or JSON text) to check instead of reading it "
+                       "from the bucket"}}
+    trial = {"type": "object", "additionalProperties": False, "properties": {
+        "settings": settings.json_schema(), "policy": change["properties"]["policy"]}}
+    a = "/admin/v1/accounts/{account_id}"
+    return {
+        "/admin/v1/accounts": {"get": _admin("The accounts this admin token administers")},
+        a: {"get": _admin("An account and its settings")},
+        f"{a}/settings": {
+            "get": _admin("The account's settings and their JSON schema"),
+            "patch": _admin("Validate and save settings (S3 location checks 1-4 of the "
+                            "settings spec); refused with every problem, nothing saved",
+                            change),
+        },
+        f"{a}/settings/validate": {"post": _admin(
+            "Run the checks on the saved settings, or on the saved settings with `settings` "
+            "applied (a dry run)", trial)},
+        f"{a}/deliveries": {"get": _admin("Each day's delivery state and the last delivery "
+                                          "error")},
+        f"{a}/deliveries/{{day}}/replace": {"post": _admin(
+            "Produce a closed day again and overwrite it (audited)", None,
+            {"409": "Conflict: the day is not closed yet",
+             "502": "the delivery failed (the error is in the body)"})},
+        f"{a}/audit": {"get": _admin("Settings changes, token issues and revokes, report "
+                                     "replacements: newest first (?limit, ?before=id)")},
+        f"{a}/tokens": {"get": _admin("The account's tokens: ids, kinds, users, states "
+                                      "(never the tokens)")},
     }

@@ -1,35 +1,74 @@
-"""Per-account report settings (minimal form; the admin issue adds the bucket checks).
+"""Per-account report settings: one declarative table, validation, saving with an audit entry.
 
-``enabled``, ``s3_uri``, ``layout``, ``sse``, ``kms_key_arn``, kept as one declarative table from
-which the CLI help is derived. Saved only when every value is valid; every problem is listed.
+:data:`SETTINGS` is the one place a setting is described (name, type, default, help, choices);
+the CLI options, the admin API's JSON schema, the web form and ``docs/settings.md`` are all
+derived from it. Saving validates everything first, S3 location included
+(:func:`.location.check_location`, the spec's checks 1-4), and either saves (with the warnings,
+which are kept and shown) or refuses with every problem listed and changes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from typing import Any
 
-from .errors import UsageError
+from . import location
+from .errors import SettingsRejected, UsageError
 from .metrics import LAYOUTS
-from .report import longest_key_bytes
-from .store import require_account, transaction
+from .store import record, require_account, transaction
 
-#: name, type, default, help: the one place settings are described
-TABLE: list[tuple[str, str, object, str]] = [
-    ("enabled", "bool", False, "Collect granular metrics per user: produce and deliver reports."),
-    ("s3_uri", "str", None, "Where reports go: s3://bucket/prefix/ (none: the local folder)."),
-    ("layout", "str", "documented", "CSV layout: documented or delivered."),
-    ("sse", "str", "AES256", "Server-side encryption of report objects: AES256 or aws:kms."),
-    ("kms_key_arn", "str", None, "Full KMS key ARN (not an alias) when sse is aws:kms."),
-]
-KMS_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+")
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of an account, as admins see it everywhere."""
+
+    name: str
+    type: str  # "bool" | "choice" | "text"
+    default: object
+    help: str
+    choices: tuple[str, ...] = ()
+    example: str = ""
+
+    @property
+    def flag(self) -> str:
+        """The CLI option: ``--enable/--disable`` for the switch, else ``--name-with-dashes``."""
+        return "--enable/--disable" if self.name == "enabled" else "--" + self.name.replace("_",
+                                                                                          "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("enabled", "bool", False,
+            "Collect granular metrics per user: produce each day's report at 00:00 UTC and "
+            "deliver it."),
+    Setting("s3_uri", "text", None,
+            "Where reports go: s3://bucket/prefix/ in a bucket of this account, in its Region, "
+            "whose policy lets the report writer put objects under the prefix. None (an empty "
+            "value): the local folder DATA_DIR/reports.",
+            example="s3://amzn-s3-demo-bucket/user-activity-reports/"),
+    Setting("layout", "choice", "documented",
+            "CSV layout and file names: 'documented' (as the user guide describes) or "
+            "'delivered' (as the service actually delivers).", choices=LAYOUTS),
+    Setting("sse", "choice", "AES256",
+            "Server-side encryption of the report objects.", choices=("AES256", "aws:kms")),
+    Setting("kms_key_arn", "text", None,
+            "The full KMS key ARN (not an alias) used when sse is aws:kms; an empty value "
+            "clears it.",
+            example="arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+KMS_ARN = re.compile(r"arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):key/"
+                     r"[A-Za-z0-9-]+")
 
 
 @dataclass(frozen=True)
 class Settings:
+    """An account's settings, and what the last validation of its location found."""
+
     account_id: str
     enabled: bool = False
     s3_uri: str | None = None
@@ -37,11 +76,220 @@ class Settings:
     sse: str = "AES256"
     kms_key_arn: str | None = None
     enabled_since: date | None = None
+    #: False when the bucket policy allows the CSV keys but not the manifest key
+    manifest: bool = True
+    warnings: tuple[str, ...] = field(default=())
+
+    def values(self) -> dict[str, Any]:
+        """The settings of the table only (what admins set)."""
+        return {s.name: getattr(self, s.name) for s in SETTINGS}
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["enabled_since"] = self.enabled_since.isoformat() if self.enabled_since else None
+        out["warnings"] = list(self.warnings)
         return out
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON schema of a settings change (the admin API's request body)."""
+    props: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.type == "bool":
+            prop: dict[str, Any] = {"type": "boolean"}
+        elif s.type == "choice":
+            prop = {"type": "string", "enum": list(s.choices)}
+        else:
+            prop = {"type": ["string", "null"]}
+            if s.example:
+                prop["examples"] = [s.example]
+        props[s.name] = {**prop, "default": s.default, "description": s.help}
+    return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+def docs_markdown() -> str:
+    """``docs/settings.md``: the settings table (a test keeps the file in step)."""
+    lines = [
+        "# Settings of an account",
+        "",
+        "Generated from `kiro_activity.settings.SETTINGS` by `kiro-activity settings docs`; "
+        "do not edit by hand.",
+        "",
+        "| setting | CLI | type | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for s in SETTINGS:
+        kind = " \\| ".join(f"`{c}`" for c in s.choices) if s.choices else s.type
+        default = "none" if s.default is None else f"`{json.dumps(s.default)}`".replace(
+            '`"', "`").replace('"`', "`")
+        lines.append(f"| `{s.name}` | `{s.flag}` | {kind} | {default} | {s.help} |")
+    lines += [
+        "",
+        "A location is saved only when it passes the checks of the settings spec: the URI and "
+        "prefix rules, the bucket's Region, its owner, and the bucket policy evaluated for the "
+        "report writer (`KIRO_ACTIVITY_WRITER_PRINCIPAL`, default `q.amazonaws.com`). "
+        "Warnings are saved and shown; `kiro-activity settings validate` runs the checks again.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _coerce(name: str, value: Any) -> tuple[Any, str | None]:
+    """A value of the right type for the setting, or a problem."""
+    s = BY_NAME[name]
+    if s.type == "bool":
+        if isinstance(value, bool):
+            return value, None
+        return None, f"{name} must be true or false, not {value!r}"
+    if value is None or value == "":
+        if s.type == "choice":
+            return None, f"{name} must be one of: {', '.join(s.choices)}"
+        return None, None
+    if not isinstance(value, str):
+        return None, f"{name} must be a string, not {type(value).__name__}"
+    if s.choices and value not in s.choices:
+        return None, f"{name} {value!r} must be one of: {', '.join(s.choices)}"
+    return value, None
+
+
+def field_problems(s: Settings, region: str) -> list[tuple[str, str]]:
+    """Problems of the values themselves, without looking at any bucket."""
+    out: list[tuple[str, str]] = []
+    if s.sse == "aws:kms":
+        m = KMS_ARN.fullmatch(s.kms_key_arn or "")
+        if m is None:
+            out.append(("kms", "sse aws:kms needs kms_key_arn (--kms-key-arn) with the full "
+                               "key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID), not an alias"))
+        elif m["region"] != region:
+            out.append(("kms", f"the KMS key is in {m['region']}, but the account's profile "
+                               f"(and so its bucket) is in {region}: use a key of {region}"))
+    elif s.kms_key_arn:
+        out.append(("kms", "kms_key_arn is only used with sse aws:kms: set sse aws:kms "
+                           "or clear kms_key_arn"))
+    return out
+
+
+Checker = Callable[..., location.LocationReport]
+
+
+def check(s: Settings, account: Any, *, writer: str, policy: Any = None, client: Any = None,
+          checker: Checker | None = None) -> location.LocationReport:
+    """Every check of these settings: the values, then the S3 location (spec checks 1-4)."""
+    problems = [location.Finding(c, m) for c, m in field_problems(s, account.region)]
+    if s.s3_uri is None:
+        return location.LocationReport(problems, [])
+    report = (checker or location.check_location)(
+        s.s3_uri, account, layout=s.layout, sse=s.sse, kms_key_arn=s.kms_key_arn, writer=writer,
+        policy=policy, client=client)
+    # the KMS rules are the values' (above), whether or not there is a bucket to look at
+    extra = [f for f in report.problems if f.check != "kms"]
+    return replace(report, problems=problems + extra)
+
+
+def get(conn: sqlite3.Connection, account_id: str) -> Settings:
+    require_account(conn, account_id)
+    row = conn.execute(
+        "SELECT enabled, s3_uri, layout, sse, kms_key_arn, enabled_since, manifest, warnings"
+        " FROM settings WHERE account_id = ?", (account_id,)).fetchone()
+    if row is None:
+        return Settings(account_id)
+    since = date.fromisoformat(row[5]) if row[5] else None
+    warnings = tuple(json.loads(row[7])) if row[7] else ()
+    return Settings(account_id, bool(row[0]), row[1], row[2], row[3], row[4], since,
+                    bool(row[6]), warnings)
+
+
+def _save(conn: sqlite3.Connection, s: Settings, now: float) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO settings (account_id, enabled, s3_uri, layout, sse, kms_key_arn,"
+        " enabled_since, updated_at, manifest, warnings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (s.account_id, int(s.enabled), s.s3_uri, s.layout, s.sse, s.kms_key_arn,
+         s.enabled_since.isoformat() if s.enabled_since else None, now, int(s.manifest),
+         json.dumps(list(s.warnings)) if s.warnings else None))
+
+
+def merge(current: Settings, changes: Mapping[str, Any], region: str | None = None) -> Settings:
+    """The current settings with ``changes`` applied, or SettingsRejected (unknown names, types).
+
+    A text value of None or "" clears it (s3_uri: back to the local folder).
+    """
+    problems = [("settings", f"unknown setting {name!r}; the settings are: "
+                             f"{', '.join(BY_NAME)}") for name in changes if name not in BY_NAME]
+    values: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name in BY_NAME:
+            coerced, problem = _coerce(name, value)
+            if problem:
+                problems.append((name, problem))
+            else:
+                values[name] = coerced
+    if problems:
+        # list the value problems the rest of the change has too (no bucket is looked at)
+        partial = replace(current, **values)
+        problems += field_problems(partial, region) if region else []
+        uri = values.get("s3_uri")
+        if uri and region:
+            problems += [("uri", m) for m in location.uri_problems(
+                uri, account_id=current.account_id, region=region)]
+        raise SettingsRejected(problems)
+    return replace(current, **values)
+
+
+def update(conn: sqlite3.Connection, account_id: str, changes: Mapping[str, Any], *,
+           actor: str, now: float, today: date, writer: str, policy: Any = None,
+           client: Any = None, checker: Checker | None = None,
+           ) -> tuple[Settings, location.LocationReport]:
+    """Validate the changed settings (bucket checks included) and save them, or refuse.
+
+    Raises SettingsRejected with every problem (nothing saved). On success the warnings are
+    saved with the settings, and the change is written to the audit log in the same
+    transaction.
+    """
+    account = require_account(conn, account_id)
+    wanted = merge(get(conn, account_id), changes, account.region)
+    report = check(wanted, account, writer=writer, policy=policy, client=client,
+                   checker=checker)
+    if not report.valid:
+        raise SettingsRejected([(f.check, f.message) for f in report.problems],
+                               [(f.check, f.message) for f in report.warnings])
+    wanted = replace(wanted, manifest=report.manifest_allowed or wanted.s3_uri is None,
+                     warnings=tuple(f.message for f in report.warnings))
+    with transaction(conn):
+        current = get(conn, account_id)  # as of this transaction, for the audit entry
+        # reports cover the days from the one the switch was turned on (as it stands now)
+        since = (current.enabled_since or today) if current.enabled else today
+        wanted = replace(wanted, enabled_since=since if wanted.enabled else None)
+        _save(conn, wanted, now)
+        before, after = current.values(), wanted.values()
+        changed = [k for k in after if before[k] != after[k]]
+        if changed:
+            record(conn, now=now, account_id=account_id, actor=actor, action="settings.update",
+                   target="settings", before={k: before[k] for k in changed},
+                   after={k: after[k] for k in changed})
+    return wanted, report
+
+
+def validate(conn: sqlite3.Connection, account_id: str, *, writer: str, policy: Any = None,
+             client: Any = None, checker: Checker | None = None,
+             now: float) -> location.LocationReport:
+    """Run every check again on the saved settings; keep what it found (manifest, warnings)."""
+    account = require_account(conn, account_id)
+    current = get(conn, account_id)
+    report = check(current, account, writer=writer, policy=policy, client=client,
+                   checker=checker)
+    if report.valid:
+        with transaction(conn):
+            latest = get(conn, account_id)
+            if latest.values() == current.values():
+                _save(conn, replace(latest, manifest=report.manifest_allowed
+                                    or latest.s3_uri is None,
+                                    warnings=tuple(f.message for f in report.warnings)), now)
+    return report
+
+
+def enabled_accounts(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT account_id FROM settings WHERE enabled = 1 ORDER BY account_id")]
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -50,64 +298,3 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
         raise UsageError(f"S3 URI {uri!r} must start with s3://")
     bucket, _, prefix = uri[5:].partition("/")
     return bucket, prefix.strip("/")
-
-
-def problems(s: Settings, region: str) -> list[str]:
-    """Every problem with these settings (empty: valid)."""
-    out = []
-    if s.layout not in LAYOUTS:
-        out.append(f"layout {s.layout!r} must be one of: {', '.join(LAYOUTS)}")
-    if s.sse not in ("AES256", "aws:kms"):
-        out.append(f"sse {s.sse!r} must be AES256 or aws:kms")
-    if s.sse == "aws:kms" and not (s.kms_key_arn and KMS_ARN.fullmatch(s.kms_key_arn)):
-        out.append("sse aws:kms needs --kms-key-arn with the full key ARN "
-                   "(arn:aws:kms:REGION:ACCOUNT:key/ID), not an alias")
-    if s.s3_uri is not None:
-        try:
-            bucket, prefix = split_s3_uri(s.s3_uri)
-        except UsageError as exc:
-            return [*out, str(exc)]
-        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) or ".." in bucket:
-            out.append(f"bucket name {bucket!r} is not a valid S3 bucket name")
-        if not prefix:
-            out.append("a prefix is required: the CSV file cannot be saved in the root of the "
-                       "bucket (use s3://bucket/prefix/)")
-        elif longest_key_bytes(prefix, s.account_id, region) > 1024:
-            out.append("the prefix is too long: object keys would pass 1,024 bytes")
-    return out
-
-
-def get(conn: sqlite3.Connection, account_id: str) -> Settings:
-    require_account(conn, account_id)
-    row = conn.execute(
-        "SELECT enabled, s3_uri, layout, sse, kms_key_arn, enabled_since FROM settings"
-        " WHERE account_id = ?", (account_id,)).fetchone()
-    if row is None:
-        return Settings(account_id)
-    since = date.fromisoformat(row[5]) if row[5] else None
-    return Settings(account_id, bool(row[0]), row[1], row[2], row[3], row[4], since)
-
-
-def update(conn: sqlite3.Connection, account_id: str, *, now: float, today: date,
-           **changes: Any) -> Settings:
-    """Apply changes (None: unchanged), validate everything, save or raise with every problem."""
-    account = require_account(conn, account_id)
-    current = get(conn, account_id)
-    wanted = replace(current, **{k: v for k, v in changes.items() if v is not None})
-    if wanted.enabled and not current.enabled:
-        wanted = replace(wanted, enabled_since=today)
-    found = problems(wanted, account.region)
-    if found:
-        raise UsageError("settings not saved:\n- " + "\n- ".join(found))
-    with transaction(conn):
-        conn.execute(
-            "INSERT OR REPLACE INTO settings VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (account_id, int(wanted.enabled), wanted.s3_uri, wanted.layout, wanted.sse,
-             wanted.kms_key_arn,
-             wanted.enabled_since.isoformat() if wanted.enabled_since else None, now))
-    return wanted
-
-
-def enabled_accounts(conn: sqlite3.Connection) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT account_id FROM settings WHERE enabled = 1 ORDER BY account_id")]

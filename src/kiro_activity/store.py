@@ -7,7 +7,10 @@ is enough (no password stretching is needed), and the plain token is shown once,
 
 from __future__ import annotations
 
+import getpass
 import hashlib
+import json
+import os
 import re
 import secrets
 import sqlite3
@@ -15,6 +18,7 @@ import string
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import UsageError
@@ -37,6 +41,32 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at  REAL
 );
 CREATE INDEX IF NOT EXISTS tokens_by_principal ON tokens(account_id, principal);
+-- the accounts an admin token may administer (a user token speaks only for tokens.account_id)
+CREATE TABLE IF NOT EXISTS token_scopes (
+    token_id    INTEGER NOT NULL REFERENCES tokens(id),
+    account_id  TEXT NOT NULL REFERENCES accounts(account_id),
+    PRIMARY KEY (token_id, account_id)
+);
+CREATE INDEX IF NOT EXISTS token_scopes_by_account ON token_scopes(account_id);
+-- web sessions of admins: only a hash of the session id is kept
+CREATE TABLE IF NOT EXISTS sessions (
+    id_hash     TEXT PRIMARY KEY,
+    token_id    INTEGER NOT NULL REFERENCES tokens(id),
+    created_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL
+);
+-- every settings change, token issue and revoke, and report replacement: who, when, before, after
+CREATE TABLE IF NOT EXISTS audit (
+    id          INTEGER PRIMARY KEY,
+    at          REAL NOT NULL,
+    account_id  TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    before      TEXT,
+    after       TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_by_account ON audit(account_id, id);
 CREATE TABLE IF NOT EXISTS settings (
     account_id     TEXT PRIMARY KEY REFERENCES accounts(account_id),
     enabled        INTEGER NOT NULL DEFAULT 0,
@@ -45,7 +75,9 @@ CREATE TABLE IF NOT EXISTS settings (
     sse            TEXT NOT NULL DEFAULT 'AES256',
     kms_key_arn    TEXT,
     enabled_since  TEXT,
-    updated_at     REAL
+    updated_at     REAL,
+    manifest       INTEGER NOT NULL DEFAULT 1,
+    warnings       TEXT
 );
 -- the delivery ledger: a drop is planned (keys, bytes, digests) before its first put
 CREATE TABLE IF NOT EXISTS drops (
@@ -102,13 +134,22 @@ class Account:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who a token speaks for: a user (telemetry) or an admin of one account."""
+    """Who a token speaks for: a user (telemetry, of one account) or an admin (of ``scopes``)."""
 
     token_id: int
     account_id: str
     principal: str
     kind: str
     expires_at: float | None
+    scopes: frozenset[str] = frozenset()
+
+    def may_administer(self, account_id: str) -> bool:
+        return self.kind == "admin" and account_id in self.scopes
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this principal."""
+        return f"{self.kind}:{self.principal} (token {self.token_id})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +163,7 @@ class TokenInfo:
     created_at: float
     expires_at: float | None
     revoked_at: float | None
+    scopes: tuple[str, ...]
 
 
 def hash_token(token: str) -> str:
@@ -137,7 +179,83 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.executescript(SCHEMA)
+    _migrate(conn)
     return conn
+
+
+#: columns added after the first release: (table, column, declaration)
+MIGRATIONS = [
+    ("settings", "manifest", "INTEGER NOT NULL DEFAULT 1"),
+    ("settings", "warnings", "TEXT"),
+]
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns a data folder of an older release lacks."""
+    for table, column, declaration in MIGRATIONS:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            with transaction(conn):
+                have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+def local_actor() -> str:
+    """How the audit log names someone using the CLI on this machine."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    return f"cli:{user}"
+
+
+def record(conn: sqlite3.Connection, *, now: float, account_id: str, actor: str, action: str,
+           target: str, before: object = None, after: object = None) -> None:
+    """Append one audit entry (call inside the transaction that makes the change)."""
+    conn.execute(
+        "INSERT INTO audit (at, account_id, actor, action, target, before, after)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (now, account_id, actor, action, target,
+         None if before is None else json.dumps(before, sort_keys=True),
+         None if after is None else json.dumps(after, sort_keys=True)))
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: float
+    account_id: str
+    actor: str
+    action: str
+    target: str
+    before: object
+    after: object
+
+    def as_dict(self) -> dict[str, object]:
+        return {"id": self.id, "at": iso(self.at), "account_id": self.account_id,
+                "actor": self.actor, "action": self.action, "target": self.target,
+                "before": self.before, "after": self.after}
+
+
+def audit_log(conn: sqlite3.Connection, account_id: str, *, limit: int | None = None,
+              before_id: int | None = None) -> list[AuditEntry]:
+    """An account's audit entries, newest first."""
+    require_account(conn, account_id)
+    rows = conn.execute(
+        "SELECT id, at, account_id, actor, action, target, before, after FROM audit"
+        " WHERE account_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+        (account_id, before_id if before_id is not None else 2**62,
+         limit if limit is not None else -1))
+    return [AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5],
+                       None if r[6] is None else json.loads(r[6]),
+                       None if r[7] is None else json.loads(r[7])) for r in rows]
+
+
+def iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @contextmanager
@@ -212,36 +330,70 @@ def list_accounts(conn: sqlite3.Connection) -> list[Account]:
     return [Account(*row) for row in rows]
 
 
-def issue_tokens(
-    conn: sqlite3.Connection, account_id: str, principals: Iterable[str], *, now: float,
-    kind: str = "user", expires_at: float | None = None,
-) -> list[tuple[str, str]]:
-    """Issue one new token per principal, in one transaction; returns (principal, token)."""
-    require_account(conn, account_id)
-    names = list(principals)
+def _check_names(names: list[str]) -> None:
+    if not names:
+        raise UsageError("name at least one user")
     for name in names:
         if not USER_RE.fullmatch(name) or name != name.strip():
             raise UsageError(
                 f"user id {name!r} must be 1-256 characters, without control characters "
                 "or surrounding spaces"
             )
+
+
+def issue_tokens(
+    conn: sqlite3.Connection, account_id: str, principals: Iterable[str], *, now: float,
+    actor: str, kind: str = "user", expires_at: float | None = None,
+    scopes: Iterable[str] = (),
+) -> list[tuple[str, str]]:
+    """Issue one new token per principal, in one transaction; returns (principal, token).
+
+    An admin token administers ``account_id`` and every account of ``scopes``. Each issue is
+    written to the audit log of every account it concerns (the token itself never is).
+    """
+    if kind not in ("user", "admin"):
+        raise UsageError(f"token kind {kind!r} must be user or admin")
+    accounts = list(dict.fromkeys([account_id, *scopes]))
+    if kind == "user" and len(accounts) > 1:
+        raise UsageError("a telemetry token belongs to exactly one account: give one --account")
+    for account in accounts:
+        require_account(conn, account)
+    names = list(principals)
+    _check_names(names)
     issued = [(name, TOKEN_PREFIX + secrets.token_urlsafe(32)) for name in names]
     with transaction(conn):
-        conn.executemany(
-            "INSERT INTO tokens (token_hash, account_id, principal, kind, created_at, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(hash_token(tok), account_id, name, kind, now, expires_at) for name, tok in issued],
-        )
+        for name, tok in issued:
+            cur = conn.execute(
+                "INSERT INTO tokens (token_hash, account_id, principal, kind, created_at,"
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (hash_token(tok), account_id, name, kind, now, expires_at))
+            token_id = cur.lastrowid
+            after: dict[str, object] = {"token_id": token_id, "kind": kind, "user": name,
+                     "expires_at": iso(expires_at)}
+            if kind == "admin":
+                conn.executemany("INSERT INTO token_scopes VALUES (?, ?)",
+                                 [(token_id, a) for a in accounts])
+                after["accounts"] = accounts
+            for account in accounts:
+                record(conn, now=now, account_id=account, actor=actor, action="token.issue",
+                       target=f"token {token_id}", after=after)
     return issued
 
 
+def _in_account(account_id: str) -> tuple[str, list[object]]:
+    """SQL for 'the token concerns this account' (its own account, or an admin scope)."""
+    return ("(account_id = ? OR id IN (SELECT token_id FROM token_scopes WHERE account_id = ?))",
+            [account_id, account_id])
+
+
 def revoke_tokens(
-    conn: sqlite3.Connection, account_id: str, *, now: float,
+    conn: sqlite3.Connection, account_id: str, *, now: float, actor: str,
     principal: str | None = None, token: str | None = None, token_id: int | None = None,
 ) -> int:
-    """Revoke the tokens selected by principal, token or id (within one account)."""
+    """Revoke the live tokens selected by user, token or id (among the account's tokens)."""
     require_account(conn, account_id)
-    where, args = ["account_id = ?", "revoked_at IS NULL"], [account_id]
+    clause, args = _in_account(account_id)
+    where = [clause, "revoked_at IS NULL"]
     if principal is not None:
         where.append("principal = ?")
         args.append(principal)
@@ -250,24 +402,39 @@ def revoke_tokens(
         args.append(hash_token(token))
     if token_id is not None:
         where.append("id = ?")
-        args.append(str(token_id))
+        args.append(token_id)
     if len(where) == 2:
         raise UsageError("say which tokens to revoke: --user, --token or --id")
     with transaction(conn):
-        cur = conn.execute(
-            f"UPDATE tokens SET revoked_at = ? WHERE {' AND '.join(where)}", [now, *args]
-        )
-    return cur.rowcount
+        rows = conn.execute(
+            f"SELECT id, kind, principal FROM tokens WHERE {' AND '.join(where)}", args
+        ).fetchall()
+        for tid, kind, name in rows:
+            conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (now, tid))
+            conn.execute("DELETE FROM sessions WHERE token_id = ?", (tid,))
+            concerned = [account_id, *(
+                r[0] for r in conn.execute(
+                    "SELECT account_id FROM token_scopes WHERE token_id = ? AND account_id != ?",
+                    (tid, account_id)))]
+            for account in concerned:
+                record(conn, now=now, account_id=account, actor=actor, action="token.revoke",
+                       target=f"token {tid}",
+                       before={"token_id": tid, "kind": kind, "user": name, "revoked_at": None},
+                       after={"token_id": tid, "kind": kind, "user": name,
+                              "revoked_at": iso(now)})
+    return len(rows)
 
 
 def list_tokens(conn: sqlite3.Connection, account_id: str) -> list[TokenInfo]:
+    """The account's tokens, admin tokens that administer it included (never the tokens)."""
     require_account(conn, account_id)
+    clause, args = _in_account(account_id)
     rows = conn.execute(
-        "SELECT id, account_id, principal, kind, created_at, expires_at, revoked_at"
-        " FROM tokens WHERE account_id = ? ORDER BY id",
-        (account_id,),
-    )
-    return [TokenInfo(*row) for row in rows]
+        "SELECT id, account_id, principal, kind, created_at, expires_at, revoked_at,"
+        " (SELECT group_concat(account_id, ',') FROM token_scopes s WHERE s.token_id = t.id)"
+        f" FROM tokens t WHERE {clause} ORDER BY id", args)
+    return [TokenInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6],
+                      tuple(sorted(r[7].split(","))) if r[7] else ()) for r in rows]
 
 
 def lookup_token(conn: sqlite3.Connection, token: str, *, now: float) -> Principal | None:
@@ -279,7 +446,46 @@ def lookup_token(conn: sqlite3.Connection, token: str, *, now: float) -> Princip
     ).fetchone()
     if row is None:
         return None
-    principal = Principal(*row)
+    scopes: frozenset[str] = frozenset()
+    if row[3] == "admin":
+        scopes = frozenset(r[0] for r in conn.execute(
+            "SELECT account_id FROM token_scopes WHERE token_id = ?", (row[0],)))
+    principal = Principal(row[0], row[1], row[2], row[3], row[4], scopes)
     if principal.expires_at is not None and principal.expires_at <= now:
         return None
     return principal
+
+
+# --- web sessions ---------------------------------------------------------------------------------
+
+SESSION_SECONDS = 8 * 3600
+
+
+def open_session(conn: sqlite3.Connection, principal: Principal, *, now: float) -> str:
+    """A new session id for a logged-in admin (only its hash is stored)."""
+    session_id = secrets.token_urlsafe(32)
+    with transaction(conn):
+        conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+        conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)",
+                     (hash_token(session_id), principal.token_id, now, now + SESSION_SECONDS))
+    return session_id
+
+
+def session_principal(conn: sqlite3.Connection, session_id: str, *,
+                      now: float) -> Principal | None:
+    """The admin of a live session whose token is still live, or None."""
+    row = conn.execute(
+        "SELECT t.id, t.account_id, t.principal, t.kind, t.expires_at FROM sessions s"
+        " JOIN tokens t ON t.id = s.token_id"
+        " WHERE s.id_hash = ? AND s.expires_at > ? AND t.revoked_at IS NULL",
+        (hash_token(session_id), now)).fetchone()
+    if row is None or row[3] != "admin" or (row[4] is not None and row[4] <= now):
+        return None
+    scopes = frozenset(r[0] for r in conn.execute(
+        "SELECT account_id FROM token_scopes WHERE token_id = ?", (row[0],)))
+    return Principal(row[0], row[1], row[2], row[3], row[4], scopes)
+
+
+def close_session(conn: sqlite3.Connection, session_id: str) -> None:
+    with transaction(conn):
+        conn.execute("DELETE FROM sessions WHERE id_hash = ?", (hash_token(session_id),))

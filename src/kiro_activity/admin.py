@@ -1,0 +1,320 @@
+"""Administration: what an admin may do (:class:`Admin`), and the admin HTTP API at ``/admin/v1/``.
+
+Every operation takes the calling :class:`~.store.Principal` and first checks that it is an admin
+token that administers the account; anything else is refused before any data is read, with the
+same answer whether or not the account exists. The web pages (:mod:`.web`) call the same
+operations. The API speaks JSON with a bearer admin token; errors have one shape,
+``{"error": {"type", "message", "problems": [{check, message}], "warnings": [...]}}``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, Router
+
+from . import daily, location, store
+from . import settings as settings_mod
+from .auth import Authenticator
+from .config import Config
+from .deliver import Backoff
+from .errors import (
+    AdminError,
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    KiroActivityError,
+    NotFoundError,
+    SettingsRejected,
+    UnauthorizedError,
+    UsageError,
+)
+from .store import Principal
+
+MAX_BODY = 1 << 20  # a settings change with a bucket policy is a few kB; policies are <= 20 kB
+
+
+@dataclass
+class Admin:
+    """The admin operations, each authorised against the calling principal."""
+
+    config: Config
+    clock: Callable[[], float] = time.time
+    #: the S3 client used for the bucket checks (None: boto3's default credential chain)
+    s3_client: Any = None
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        conn = store.connect(self.config.control_db)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    def authorise(p: Principal, account_id: str) -> None:
+        """Refuse unless ``p`` is an admin of ``account_id`` (same answer if it does not exist)."""
+        if p.kind != "admin":
+            raise ForbiddenError("a telemetry token cannot use the admin API; "
+                                 "use an admin token (kiro-activity tokens issue --admin)")
+        if not p.may_administer(account_id):
+            raise ForbiddenError(f"this admin token does not administer account {account_id!r}")
+
+    def accounts(self, p: Principal) -> list[store.Account]:
+        if p.kind != "admin":
+            raise ForbiddenError("a telemetry token cannot use the admin API")
+        with self._conn() as conn:
+            found = (store.get_account(conn, a) for a in sorted(p.scopes))
+            return [a for a in found if a is not None]
+
+    def account(self, p: Principal, account_id: str) -> store.Account:
+        self.authorise(p, account_id)
+        with self._conn() as conn:
+            return store.require_account(conn, account_id)
+
+    def settings(self, p: Principal, account_id: str) -> settings_mod.Settings:
+        self.authorise(p, account_id)
+        with self._conn() as conn:
+            return settings_mod.get(conn, account_id)
+
+    def change(self, p: Principal, account_id: str, changes: Mapping[str, Any],
+               policy: Any = None) -> tuple[settings_mod.Settings, location.LocationReport]:
+        """Validate and save (SettingsRejected: nothing saved); audited as this admin."""
+        self.authorise(p, account_id)
+        now = self.clock()
+        with self._conn() as conn:
+            return settings_mod.update(
+                conn, account_id, changes, actor=p.actor, now=now, today=_day(now),
+                writer=self.config.writer_principal, policy=policy, client=self.s3_client)
+
+    def validate(self, p: Principal, account_id: str, changes: Mapping[str, Any] | None = None,
+                 policy: Any = None) -> location.LocationReport:
+        """The checks of the saved settings, or of the saved settings with ``changes`` (a dry
+        run: nothing is saved)."""
+        self.authorise(p, account_id)
+        with self._conn() as conn:
+            if changes is None:
+                return settings_mod.validate(conn, account_id, writer=self.config.writer_principal,
+                                             policy=policy, client=self.s3_client,
+                                             now=self.clock())
+            account = store.require_account(conn, account_id)
+            wanted = settings_mod.merge(settings_mod.get(conn, account_id), changes,
+                                        account.region)
+        return settings_mod.check(wanted, account, writer=self.config.writer_principal,
+                                  policy=policy, client=self.s3_client)
+
+    def deliveries(self, p: Principal, account_id: str) -> dict[str, object]:
+        self.authorise(p, account_id)
+        with self._conn() as conn:
+            return daily.status(conn, account_id)
+
+    def replace(self, p: Principal, account_id: str, day_text: str) -> daily.Outcome:
+        """Produce a closed day again and overwrite what was delivered (audited)."""
+        self.authorise(p, account_id)
+        day = daily.check_day(day_text)
+        if not daily.closed(day, self.clock()):
+            raise ConflictError(f"{day} is not closed yet (it closes at 00:00 UTC)")
+        return daily.deliver_day(self.config, account_id, day, now=self.clock, replace=True,
+                                 attempts=3, backoff=Backoff(base=0.5, cap=5), actor=p.actor)
+
+    def audit(self, p: Principal, account_id: str, *, limit: int = 100,
+              before_id: int | None = None) -> list[store.AuditEntry]:
+        self.authorise(p, account_id)
+        with self._conn() as conn:
+            return store.audit_log(conn, account_id, limit=limit, before_id=before_id)
+
+    def tokens(self, p: Principal, account_id: str) -> list[store.TokenInfo]:
+        self.authorise(p, account_id)
+        with self._conn() as conn:
+            return store.list_tokens(conn, account_id)
+
+
+def _day(now: float) -> date:
+    return datetime.fromtimestamp(now, UTC).date()
+
+
+# --- the JSON API -------------------------------------------------------------------------------
+
+
+def json_response(status: int, body: object) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                    headers={"cache-control": "no-store"})
+
+
+def error_response(exc: AdminError) -> Response:
+    response = json_response(exc.status, exc.body())
+    if exc.status == 401:
+        response.headers["www-authenticate"] = 'Bearer realm="kiro-activity admin"'
+    return response
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request's JSON object (an empty body is ``{}``), read within :data:`MAX_BODY`."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise BadRequestError(f"body of {declared} bytes; at most {MAX_BODY} accepted")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise BadRequestError(f"body over {MAX_BODY} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequestError("the body must be a JSON object")
+    return body
+
+
+def _report(report: location.LocationReport) -> dict[str, Any]:
+    return report.as_dict()
+
+
+class AdminApi:
+    """The ``/admin/v1/`` routes: bearer admin token, JSON in and out."""
+
+    def __init__(self, admin: Admin, auth: Authenticator) -> None:
+        self.admin, self.auth = admin, auth
+        a = "/admin/v1/accounts/{account_id}"
+        self.router = Router(routes=[
+            Route("/admin/v1/accounts", self._wrap(self.list_accounts)),
+            Route(a, self._wrap(self.get_account)),
+            Route(f"{a}/settings", self._wrap(self.get_settings), methods=["GET"]),
+            Route(f"{a}/settings", self._wrap(self.patch_settings), methods=["PATCH", "PUT"]),
+            Route(f"{a}/settings/validate", self._wrap(self.validate), methods=["POST"]),
+            Route(f"{a}/deliveries", self._wrap(self.deliveries)),
+            Route(f"{a}/deliveries/{{day}}/replace", self._wrap(self.replace), methods=["POST"]),
+            Route(f"{a}/audit", self._wrap(self.audit)),
+            Route(f"{a}/tokens", self._wrap(self.tokens)),
+        ])
+        self.router.default = self._not_found
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.router(scope, receive, send)
+
+    async def _not_found(self, scope: Any, receive: Any, send: Any) -> None:
+        exc = NotFoundError(f"no admin operation at {scope['method']} {scope['path']}; "
+                            "see /openapi.json")
+        await error_response(exc)(scope, receive, send)
+
+    def principal(self, request: Request) -> Principal:
+        header = request.headers.get("authorization")
+        if not header:
+            raise UnauthorizedError("missing Authorization header; send 'Authorization: Bearer "
+                                    "<admin token>'")
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise UnauthorizedError("the Authorization header must be 'Bearer <admin token>'")
+        found = self.auth.lookup(token.strip())
+        if found is None:
+            raise UnauthorizedError("the token is unknown, revoked or expired")
+        return found
+
+    def _wrap(self, handler: Callable[..., Any]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                p = self.principal(request)
+                status, body = await handler(request, p, **request.path_params)
+                return json_response(status, body)
+            except SettingsRejected as exc:
+                return error_response(BadRequestError(
+                    "settings not saved", problems=exc.problems, warnings=exc.warnings))
+            except AdminError as exc:
+                return error_response(exc)
+            except (UsageError, KiroActivityError) as exc:
+                return error_response(BadRequestError(str(exc)))
+        return endpoint
+
+    async def list_accounts(self, request: Request, p: Principal) -> tuple[int, object]:
+        found = await run_in_threadpool(self.admin.accounts, p)
+        return 200, {"accounts": [_account(a) for a in found]}
+
+    async def get_account(self, request: Request, p: Principal,
+                          account_id: str) -> tuple[int, object]:
+        account = await run_in_threadpool(self.admin.account, p, account_id)
+        s = await run_in_threadpool(self.admin.settings, p, account_id)
+        return 200, {**_account(account), "settings": s.as_dict()}
+
+    async def get_settings(self, request: Request, p: Principal,
+                           account_id: str) -> tuple[int, object]:
+        s = await run_in_threadpool(self.admin.settings, p, account_id)
+        return 200, {"settings": s.as_dict(), "schema": settings_mod.json_schema()}
+
+    async def patch_settings(self, request: Request, p: Principal,
+                             account_id: str) -> tuple[int, object]:
+        self.admin.authorise(p, account_id)
+        body = await read_json(request)
+        policy = body.pop("policy", None)
+        saved, report = await run_in_threadpool(self.admin.change, p, account_id, body, policy)
+        return 200, {"settings": saved.as_dict(), "validation": _report(report)}
+
+    async def validate(self, request: Request, p: Principal,
+                       account_id: str) -> tuple[int, object]:
+        self.admin.authorise(p, account_id)
+        body = await read_json(request)
+        policy = body.pop("policy", None)
+        changes = body.pop("settings", None)
+        if body:
+            raise BadRequestError(f"unknown field(s) {sorted(body)}; send settings and policy")
+        if changes is not None and not isinstance(changes, dict):
+            raise BadRequestError("settings must be an object of settings to try")
+        report = await run_in_threadpool(self.admin.validate, p, account_id, changes, policy)
+        return 200, _report(report)
+
+    async def deliveries(self, request: Request, p: Principal,
+                         account_id: str) -> tuple[int, object]:
+        return 200, await run_in_threadpool(self.admin.deliveries, p, account_id)
+
+    async def replace(self, request: Request, p: Principal, account_id: str,
+                      day: str) -> tuple[int, object]:
+        outcome = await run_in_threadpool(self.admin.replace, p, account_id, day)
+        body = {"account_id": account_id, "day": outcome.day.isoformat(), "state": outcome.state,
+                "objects": [{"key": k, "result": r} for k, r in outcome.objects],
+                "error": None if outcome.error is None else {
+                    "code": outcome.error.code, "message": str(outcome.error)}}
+        return (200 if outcome.state != "failed" else 502), body
+
+    async def audit(self, request: Request, p: Principal, account_id: str) -> tuple[int, object]:
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        before = request.query_params.get("before")
+        before_id = _int_param(request, "before", 0, 1, 2**62) if before is not None else None
+        entries = await run_in_threadpool(self.admin.audit, p, account_id, limit=limit,
+                                          before_id=before_id)
+        return 200, {"entries": [e.as_dict() for e in entries]}
+
+    async def tokens(self, request: Request, p: Principal, account_id: str) -> tuple[int, object]:
+        found = await run_in_threadpool(self.admin.tokens, p, account_id)
+        return 200, {"tokens": [{
+            "token_id": t.token_id, "kind": t.kind, "user": t.principal,
+            "accounts": list(t.scopes) or [t.account_id],
+            "created_at": store.iso(t.created_at), "expires_at": store.iso(t.expires_at),
+            "revoked_at": store.iso(t.revoked_at)} for t in found]}
+
+
+def _account(a: store.Account) -> dict[str, str]:
+    return {"account_id": a.account_id, "region": a.region, "profile_arn": a.profile_arn}
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise BadRequestError(f"query parameter {name}={raw!r} must be an integer from {low} "
+                              f"to {high}")
+    return int(raw)

@@ -1,0 +1,310 @@
+"""The admin web pages: log in with an admin token, see and change settings, delivery status.
+
+A login exchanges the admin token for a session: a random id in a cookie that is ``HttpOnly``,
+``SameSite=Strict``, limited to ``/admin`` (and ``Secure`` over HTTPS); the control database
+keeps only its hash, and the session ends when the token is revoked. Every change is a POST
+that must carry the session's CSRF token (an HMAC of the session id, so nothing more is stored)
+and, when the browser sends one, an ``Origin`` of this site. Pages are rendered on the server
+with Jinja2 (autoescaped), with no script, and a Content-Security-Policy that allows none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment, PackageLoader
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route, Router
+
+from . import settings as settings_mod
+from . import store
+from .admin import Admin
+from .errors import AdminError, ForbiddenError, KiroActivityError, SettingsRejected
+from .store import Principal
+
+COOKIE = "kat_session"
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+    "x-frame-options": "DENY",
+    "cache-control": "no-store",
+}
+MAX_FORM = 256 * 1024
+
+
+class Redirect(Exception):
+    """Answer with a 303 to ``location`` (a login, or the page after a change)."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+
+
+def csrf_token(session_id: str) -> str:
+    return hmac.new(session_id.encode(), b"kiro-activity csrf", hashlib.sha256).hexdigest()
+
+
+class WebPages:
+    """The ``/admin`` pages (everything under ``/admin`` but the ``/admin/v1/`` API)."""
+
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+        self.env = Environment(loader=PackageLoader("kiro_activity", "templates"),
+                               autoescape=True)
+        self.env.globals["settings_table"] = settings_mod.SETTINGS
+        self.env.filters["iso"] = store.iso
+        self.css = resources.files("kiro_activity").joinpath("static/admin.css").read_bytes()
+        a = "/admin/accounts/{account_id}"
+        self.router = Router(routes=[
+            Route("/admin", lambda r: RedirectResponse("/admin/", 303)),
+            Route("/admin/", self._page(self.index)),
+            Route("/admin/login", self.login_form, methods=["GET"]),
+            Route("/admin/login", self.login, methods=["POST"]),
+            Route("/admin/logout", self.logout, methods=["POST"]),
+            Route("/admin/static/admin.css", self.stylesheet),
+            Route(a, self._page(self.account)),
+            Route(f"{a}/settings", self._page(self.save_settings), methods=["POST"]),
+            Route(f"{a}/deliveries/{{day}}/replace", self._page(self.replace),
+                  methods=["POST"]),
+        ])
+        self.router.default = self._not_found
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.router(scope, receive, send)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        html = self.env.get_template(template).render(**context)
+        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    async def _not_found(self, scope: Any, receive: Any, send: Any) -> None:
+        response = self.render("error.html", 404, title="Not found",
+                               message=f"There is no page at {scope['path']}.", principal=None)
+        await response(scope, receive, send)
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        conn = store.connect(self.admin.config.control_db)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def session(self, request: Request) -> tuple[Principal, str]:
+        """The logged-in admin and the session id, or a redirect to the login page."""
+        session_id = request.cookies.get(COOKIE)
+        if session_id:
+            with self._conn() as conn:
+                p = store.session_principal(conn, session_id, now=self.admin.clock())
+            if p is not None:
+                return p, session_id
+        raise Redirect("/admin/login?next=" + quote(request.url.path, safe="/"))
+
+    async def checked_form(self, request: Request, session_id: str) -> FormData:
+        """The POSTed form, once its origin and CSRF token are right."""
+        _check_origin(request)
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > MAX_FORM:
+            raise ForbiddenError(f"form over {MAX_FORM} bytes")
+        form = await request.form(max_files=0, max_fields=100, max_part_size=MAX_FORM)
+        sent = form.get("csrf")
+        if not isinstance(sent, str) or not hmac.compare_digest(sent, csrf_token(session_id)):
+            raise ForbiddenError("the form's CSRF token is missing or wrong; reload the page "
+                                 "and try again")
+        return form
+
+    def _page(self, handler: Callable[..., Any]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            principal: Principal | None = None
+            try:
+                principal, session_id = await run_in_threadpool(self.session, request)
+                response: Response = await handler(request, principal, session_id,
+                                                   **request.path_params)
+                return response
+            except Redirect as r:
+                return RedirectResponse(r.location, 303, headers=SECURITY_HEADERS)
+            except AdminError as exc:
+                return self.render("error.html", exc.status, title=exc.type_name,
+                                   message=exc.message, principal=principal)
+            except KiroActivityError as exc:
+                return self.render("error.html", 400, title="Bad request", message=str(exc),
+                                   principal=principal)
+        return endpoint
+
+    # --- pages ------------------------------------------------------------------------------
+
+    async def stylesheet(self, request: Request) -> Response:
+        return Response(self.css, media_type="text/css",
+                        headers={"cache-control": "max-age=3600",
+                                 "x-content-type-options": "nosniff"})
+
+    async def login_form(self, request: Request) -> Response:
+        return self.render("login.html", next=_safe_next(request.query_params.get("next")),
+                           error=None, principal=None)
+
+    async def login(self, request: Request) -> Response:
+        try:
+            _check_origin(request)
+        except ForbiddenError as exc:
+            return self.render("error.html", 403, title="Forbidden", message=exc.message,
+                               principal=None)
+        form = await request.form(max_files=0, max_fields=10, max_part_size=8192)
+        token = str(form.get("token") or "").strip()
+        target = _safe_next(str(form.get("next") or ""))
+        with self._conn() as conn:
+            p = store.lookup_token(conn, token, now=self.admin.clock()) if token else None
+            if p is None or p.kind != "admin":
+                error = ("That is a telemetry token; log in with an admin token."
+                         if p is not None else "That token is unknown, revoked or expired.")
+                return self.render("login.html", 401, next=target, error=error, principal=None)
+            session_id = store.open_session(conn, p, now=self.admin.clock())
+        response = RedirectResponse(target, 303, headers=SECURITY_HEADERS)
+        response.set_cookie(COOKIE, session_id, max_age=store.SESSION_SECONDS, path="/admin",
+                            httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        session_id = request.cookies.get(COOKIE)
+        if session_id:
+            try:
+                await self.checked_form(request, session_id)
+            except ForbiddenError as exc:
+                return self.render("error.html", 403, title="Forbidden", message=exc.message,
+                                   principal=None)
+            with self._conn() as conn:
+                store.close_session(conn, session_id)
+        response = RedirectResponse("/admin/login", 303, headers=SECURITY_HEADERS)
+        response.delete_cookie(COOKIE, path="/admin")
+        return response
+
+    async def index(self, request: Request, p: Principal, session_id: str) -> Response:
+        rows = await run_in_threadpool(self._overview, p)
+        return self.render("index.html", principal=p, csrf=csrf_token(session_id), rows=rows)
+
+    def _overview(self, p: Principal) -> list[dict[str, Any]]:
+        rows = []
+        for account in self.admin.accounts(p):
+            status = self.admin.deliveries(p, account.account_id)
+            days: list[dict[str, Any]] = status["days"]  # type: ignore[assignment]
+            delivered = [d["day"] for d in days if d["state"] == "delivered"]
+            rows.append({"account": account,
+                         "settings": self.admin.settings(p, account.account_id),
+                         "last_delivered": delivered[-1] if delivered else None,
+                         "last_error": status["last_error"]})
+        return rows
+
+    async def account(self, request: Request, p: Principal, session_id: str,
+                      account_id: str) -> Response:
+        return await run_in_threadpool(self._account_page, request, p, session_id, account_id)
+
+    def _account_page(self, request: Request, p: Principal, session_id: str, account_id: str,
+                      *, status: int = 200, values: dict[str, Any] | None = None,
+                      policy: str = "", findings: dict[str, Any] | None = None,
+                      notice: str | None = None) -> Response:
+        account = self.admin.account(p, account_id)
+        current = self.admin.settings(p, account_id)
+        params = request.query_params
+        if notice is None and params.get("saved"):
+            notice = "Settings saved."
+        elif notice is None and params.get("replaced"):
+            notice = f"The report of {params['replaced']} was produced and delivered again."
+        return self.render(
+            "account.html", status, principal=p, csrf=csrf_token(session_id), account=account,
+            current=current, values=values or current.values(), policy=policy,
+            findings=findings, notice=notice,
+            deliveries=self.admin.deliveries(p, account_id),
+            audit=[e.as_dict() for e in self.admin.audit(p, account_id, limit=20)],
+            writer=self.admin.config.writer_principal)
+
+    async def save_settings(self, request: Request, p: Principal, session_id: str,
+                            account_id: str) -> Response:
+        self.admin.authorise(p, account_id)
+        form = await self.checked_form(request, session_id)
+        values = _form_values(form)
+        policy = str(form.get("policy") or "").strip()
+        action = form.get("action")
+        return await run_in_threadpool(self._apply, request, p, session_id, account_id, values,
+                                       policy, action == "save")
+
+    def _apply(self, request: Request, p: Principal, session_id: str, account_id: str,
+               values: dict[str, Any], policy: str, save: bool) -> Response:
+        if not save:
+            try:
+                report = self.admin.validate(p, account_id, values, policy or None)
+            except SettingsRejected as exc:
+                return self._account_page(request, p, session_id, account_id, status=400,
+                                          values=values, policy=policy,
+                                          findings=_findings(exc.problems, exc.warnings))
+            found = _findings([(f.check, f.message) for f in report.problems],
+                              [(f.check, f.message) for f in report.warnings])
+            notice = ("This location passes every check (not saved yet)." if report.valid
+                      else None)
+            return self._account_page(request, p, session_id, account_id, values=values,
+                                      policy=policy, findings=found, notice=notice)
+        try:
+            self.admin.change(p, account_id, values, policy or None)
+        except SettingsRejected as exc:
+            return self._account_page(request, p, session_id, account_id, status=400,
+                                      values=values, policy=policy,
+                                      findings=_findings(exc.problems, exc.warnings))
+        raise Redirect(f"/admin/accounts/{account_id}?saved=1")
+
+    async def replace(self, request: Request, p: Principal, session_id: str, account_id: str,
+                      day: str) -> Response:
+        self.admin.authorise(p, account_id)
+        await self.checked_form(request, session_id)
+        outcome = await run_in_threadpool(self.admin.replace, p, account_id, day)
+        if outcome.state == "failed":
+            message = str(outcome.error) if outcome.error else "delivery failed"
+            return await run_in_threadpool(
+                lambda: self._account_page(request, p, session_id, account_id, status=502,
+                                           notice=f"Delivering {day} again failed: {message}"))
+        raise Redirect(f"/admin/accounts/{account_id}?replaced={day}")
+
+
+def _findings(problems: list[tuple[str, str]],
+              warnings: list[tuple[str, str]]) -> dict[str, Any]:
+    return {"valid": not problems, "problems": problems, "warnings": warnings}
+
+
+def _form_values(form: FormData) -> dict[str, Any]:
+    """Every setting of the form: a checkbox is on or off, an empty text clears the value."""
+    values: dict[str, Any] = {}
+    for s in settings_mod.SETTINGS:
+        raw = form.get(s.name)
+        if s.type == "bool":
+            values[s.name] = raw == "on"
+        else:
+            values[s.name] = str(raw).strip() if isinstance(raw, str) else None
+    return values
+
+
+def _check_origin(request: Request) -> None:
+    """Refuse a POST whose Origin (when the browser sends one) is another site."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    own = f"{request.url.scheme}://{request.url.netloc}"
+    if origin != own:
+        raise ForbiddenError(f"a form of {origin} cannot post to {own}")
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path of these pages: never an open redirect to another site."""
+    if target and target.startswith("/admin") and not target.startswith("//") \
+            and "\\" not in target and "\n" not in target and "\r" not in target:
+        return target
+    return "/admin/"

@@ -1,0 +1,206 @@
+"""Settings: one declarative table, documented everywhere it is used; saving, refusing, auditing."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ACCOUNT, OTHER_ACCOUNT, PROFILE, REGION, cli, setup_accounts
+from kiro_activity import location, openapi, settings, store
+from kiro_activity.config import Config
+from kiro_activity.errors import SettingsRejected
+from kiro_activity.store import Account
+
+ROOT = Path(__file__).resolve().parents[1]
+TODAY = date(2026, 12, 1)
+ACC = Account(ACCOUNT, REGION, PROFILE)
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Any:
+    setup_accounts(tmp_path)
+    c = store.connect(Config(data_dir=tmp_path).control_db)
+    yield c
+    c.close()
+
+
+def test_docs_file_is_generated_from_the_table() -> None:
+    assert (ROOT / "docs" / "settings.md").read_text() == settings.docs_markdown()
+
+
+@pytest.mark.parametrize("setting", settings.SETTINGS, ids=lambda s: s.name)
+def test_each_setting_is_documented_everywhere(setting: settings.Setting, tmp_path: Path) -> None:
+    """In the docs, the CLI help, the API schema (and so /openapi.json), and the web form."""
+    assert setting.help.strip() and setting.help.endswith(".")
+    docs = (ROOT / "docs" / "settings.md").read_text()
+    assert f"| `{setting.name}` | `{setting.flag}` |" in docs
+    assert setting.help in docs
+    help_text = " ".join(cli(tmp_path, "settings", "set", "--help").stdout.split())
+    assert setting.flag.replace("/", " / ") in help_text
+    assert " ".join(setting.help.split()[:6]) in help_text
+    schema = settings.json_schema()["properties"][setting.name]
+    assert schema["description"] == setting.help and schema["default"] == setting.default
+    if setting.choices:
+        assert schema["enum"] == list(setting.choices)
+    doc = json.dumps(openapi.document(Config()))
+    assert json.dumps(setting.help)[1:-1] in doc
+    form = (ROOT / "src" / "kiro_activity" / "templates" / "account.html").read_text()
+    assert "{% for s in settings_table %}" in form  # the form is drawn from the table itself
+
+
+def test_the_spec_settings_are_the_table() -> None:
+    """The settings of spec/settings.md, with their defaults."""
+    expected = {"enabled": False, "s3_uri": None, "layout": "documented", "sse": "AES256",
+                "kms_key_arn": None}
+    assert {s.name: s.default for s in settings.SETTINGS} == expected
+    assert settings.Settings(ACCOUNT).values() == expected
+
+
+def test_update_saves_audits_and_keeps_warnings(conn: Any) -> None:
+    def checker(uri: str, account: Account, **kw: Any) -> location.LocationReport:
+        return location.LocationReport([], [location.Finding("policy", "careful")],
+                                       manifest_allowed=False)
+
+    saved, report = settings.update(
+        conn, ACCOUNT, {"enabled": True, "s3_uri": "s3://bucket-name/reports/"}, actor="t",
+        now=1.0, today=TODAY, writer="q.amazonaws.com", checker=checker)
+    assert report.valid and saved.warnings == ("careful",) and saved.manifest is False
+    again = settings.get(conn, ACCOUNT)
+    assert again == saved and again.enabled_since == TODAY
+    [entry] = store.audit_log(conn, ACCOUNT)
+    assert entry.action == "settings.update" and entry.actor == "t"
+    assert entry.before == {"enabled": False, "s3_uri": None}
+    assert entry.after == {"enabled": True, "s3_uri": "s3://bucket-name/reports/"}
+    # clearing the location goes back to the local folder, which always gets a manifest
+    cleared, _ = settings.update(conn, ACCOUNT, {"s3_uri": ""}, actor="t", now=2.0,
+                                 today=TODAY, writer="q.amazonaws.com", checker=checker)
+    assert cleared.s3_uri is None and cleared.manifest and cleared.warnings == ()
+    # disabling forgets the day it was enabled; enabling again starts from the new day
+    settings.update(conn, ACCOUNT, {"enabled": False}, actor="t", now=3.0, today=TODAY,
+                    writer="w")
+    later = date(2026, 12, 5)
+    s, _ = settings.update(conn, ACCOUNT, {"enabled": True}, actor="t", now=4.0, today=later,
+                           writer="w")
+    assert s.enabled_since == later
+    s, _ = settings.update(conn, ACCOUNT, {"layout": "delivered"}, actor="t", now=5.0,
+                           today=date(2026, 12, 9), writer="w")
+    assert s.enabled_since == later
+
+
+def test_a_refused_change_lists_every_problem_and_changes_nothing(conn: Any) -> None:
+    before = (settings.get(conn, ACCOUNT), store.audit_log(conn, ACCOUNT))
+    with pytest.raises(SettingsRejected) as info:
+        settings.update(conn, ACCOUNT, {"layout": "wide", "enabled": 1, "s3_uri": "s3://b",
+                                        "sse": "aws:kms", "kms_key_arn": "alias/x"},
+                        actor="t", now=1.0, today=TODAY, writer="w")
+    found: dict[str, str] = {}
+    for check, message in info.value.problems:
+        found[check] = found.get(check, "") + message + "\n"
+    assert "layout 'wide' must be one of" in found["layout"]
+    assert found["enabled"] == "enabled must be true or false, not 1\n"
+    assert "not an alias" in found["kms"]
+    assert "root of the bucket" in found["uri"] and "'b'" in found["uri"]
+    assert (settings.get(conn, ACCOUNT), store.audit_log(conn, ACCOUNT)) == before
+
+
+def test_a_location_that_fails_the_checks_is_not_saved(conn: Any) -> None:
+    def checker(uri: str, account: Account, **kw: Any) -> location.LocationReport:
+        assert kw["writer"] == "arn:aws:iam::111122223333:role/writer"
+        assert kw["layout"] == "delivered" and kw["policy"] == "{}"
+        return location.LocationReport([location.Finding("region", "wrong Region")],
+                                       [location.Finding("policy", "careful")])
+
+    with pytest.raises(SettingsRejected) as info:
+        settings.update(conn, ACCOUNT, {"s3_uri": "s3://bucket-name/p/", "layout": "delivered"},
+                        actor="t", now=1.0, today=TODAY, policy="{}",
+                        writer="arn:aws:iam::111122223333:role/writer", checker=checker)
+    assert info.value.problems == [("region", "wrong Region")]
+    assert info.value.warnings == [("policy", "careful")]
+    assert settings.get(conn, ACCOUNT) == settings.Settings(ACCOUNT)
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    ({"sse": "aws:kms"}, "full key ARN"),
+    ({"sse": "aws:kms", "kms_key_arn": "arn:aws:kms:us-east-1:111122223333:alias/r"},
+     "not an alias"),
+    ({"sse": "aws:kms", "kms_key_arn": "arn:aws:kms:eu-west-1:111122223333:key/abc-123"},
+     "use a key of us-east-1"),
+    ({"kms_key_arn": "arn:aws:kms:us-east-1:111122223333:key/abc-123"}, "only used with"),
+])
+def test_kms_rules(conn: Any, changes: dict[str, Any], words: str) -> None:
+    with pytest.raises(SettingsRejected) as info:
+        settings.update(conn, ACCOUNT, changes, actor="t", now=1.0, today=TODAY, writer="w")
+    assert words in info.value.problems[0][1]
+
+
+def test_kms_key_of_the_region_is_saved(conn: Any) -> None:
+    arn = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    s, _ = settings.update(conn, ACCOUNT, {"sse": "aws:kms", "kms_key_arn": arn}, actor="t",
+                           now=1.0, today=TODAY, writer="w")
+    assert s.sse == "aws:kms" and s.kms_key_arn == arn
+
+
+def test_cli_set_show_validate_and_audit(tmp_path: Path) -> None:
+    setup_accounts(tmp_path)
+    r = cli(tmp_path, "settings", "set", ACCOUNT, "--enable", "--layout", "delivered")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["layout"] == "delivered"
+    r = cli(tmp_path, "settings", "set", ACCOUNT, "--s3-uri", "s3://UPPER/", "--sse", "aws:kms")
+    assert r.returncode == 1
+    assert "settings not saved" in r.stderr and "problem [uri]" in r.stderr
+    assert "problem [kms]" in r.stderr
+    shown = json.loads(cli(tmp_path, "settings", "show", ACCOUNT, "--json").stdout)
+    assert shown["s3_uri"] is None and shown["sse"] == "AES256"
+    r = cli(tmp_path, "settings", "validate", ACCOUNT)
+    assert r.returncode == 0 and r.stdout.strip() == "valid"
+    r = cli(tmp_path, "audit", ACCOUNT, "--json")
+    [entry] = json.loads(r.stdout)
+    assert entry["actor"].startswith("cli:") and entry["after"]["layout"] == "delivered"
+    r = cli(tmp_path, "audit", OTHER_ACCOUNT, "--json")
+    assert json.loads(r.stdout) == []
+
+
+def test_cli_admin_tokens(tmp_path: Path) -> None:
+    setup_accounts(tmp_path)
+    r = cli(tmp_path, "tokens", "issue", "--account", ACCOUNT, "--account", OTHER_ACCOUNT,
+            "--admin", "--user", "ada")
+    assert r.returncode == 0 and re.fullmatch(r"kat_[\w-]{43}\n", r.stdout)
+    token = r.stdout.strip()
+    r = cli(tmp_path, "tokens", "issue", "--account", ACCOUNT, "--account", OTHER_ACCOUNT,
+            "--user", "bob")
+    assert r.returncode == 1 and "exactly one account" in r.stderr
+    for account in (ACCOUNT, OTHER_ACCOUNT):
+        listed = json.loads(cli(tmp_path, "tokens", "list", "--account", account,
+                                "--json").stdout)
+        assert [(t["kind"], t["principal"], t["scopes"]) for t in listed] == [
+            ("admin", "ada", [ACCOUNT, OTHER_ACCOUNT])]
+        assert token not in json.dumps(listed)
+    r = cli(tmp_path, "tokens", "revoke", "--account", OTHER_ACCOUNT, "--user", "ada")
+    assert r.returncode == 0
+    conn = store.connect(Config(data_dir=tmp_path).control_db)
+    assert store.lookup_token(conn, token, now=time.time()) is None
+    for account in (ACCOUNT, OTHER_ACCOUNT):
+        actions = [e.action for e in store.audit_log(conn, account)]
+        assert actions == ["token.revoke", "token.issue"]
+        assert token not in json.dumps([e.as_dict() for e in store.audit_log(conn, account)])
+    conn.close()
+
+
+def test_sessions_end_with_their_token(conn: Any) -> None:
+    [(_, token)] = store.issue_tokens(conn, ACCOUNT, ["ada"], now=1.0, actor="t", kind="admin")
+    p = store.lookup_token(conn, token, now=2.0)
+    assert p is not None and p.scopes == {ACCOUNT}
+    sid = store.open_session(conn, p, now=2.0)
+    assert store.session_principal(conn, sid, now=3.0) == p
+    assert store.session_principal(conn, sid, now=2.0 + store.SESSION_SECONDS) is None
+    assert store.session_principal(conn, sid + "x", now=3.0) is None
+    stored = conn.execute("SELECT id_hash FROM sessions").fetchall()
+    assert sid not in json.dumps(stored)
+    store.revoke_tokens(conn, ACCOUNT, now=4.0, actor="t", principal="ada")
+    assert store.session_principal(conn, sid, now=5.0) is None

@@ -1,0 +1,267 @@
+"""The admin web pages on a real server process: the session rules over plain HTTP, and the
+settings page driven in real headless Chromium (Debian's package) through Playwright, against
+real buckets on moto's S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+from conftest import ACCOUNT, OTHER_ACCOUNT, PROFILE, REGION, Server, make_server
+from kiro_activity import location, store
+from kiro_activity.store import Account
+
+CHROMIUM = os.environ.get("KIRO_ACTIVITY_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+PAGE = f"/admin/accounts/{ACCOUNT}"
+
+
+@pytest.fixture(scope="module")
+def bucket(moto_url: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """A bucket with the documented policy for user-activity-reports/, and the environment
+    that sends the server's boto3 there."""
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL_S3": moto_url,
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent",
+           "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+    s3 = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                               region_name=REGION).client("s3", endpoint_url=moto_url)
+    name = f"kiro-web-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=name)
+    policy = location.documented_policy(name, "user-activity-reports",
+                                        Account(ACCOUNT, REGION, PROFILE))
+    s3.put_bucket_policy(Bucket=name, Policy=json.dumps(policy))
+    yield name, env
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory,
+           bucket: tuple[str, dict[str, str]]) -> Iterator[Server]:
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+            mp.delenv(key, raising=False)
+        for key, value in bucket[1].items():
+            mp.setenv(key, value)
+        s = make_server(tmp_path_factory.mktemp("web"), "--no-schedule")
+    yield s
+    s.stop()
+
+
+def admin_token(server: Server, name: str, *accounts: str) -> str:
+    conn = store.connect(server.config.control_db)
+    [(_, token)] = store.issue_tokens(conn, accounts[0], [name], now=time.time(), actor="test",
+                                      kind="admin", scopes=accounts[1:])
+    conn.close()
+    return token
+
+
+@contextmanager
+def login(server: Server, token: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        r = client.post("/admin/login", data={"token": token, "next": "/admin/"})
+        assert r.status_code == 303, r.text
+        yield client
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf" value="([0-9a-f]{64})"', html)
+    assert m, "no CSRF token in the page"
+    return m.group(1)
+
+
+def saved_state(server: Server) -> Any:
+    conn = store.connect(server.config.control_db)
+    try:
+        return (conn.execute("SELECT * FROM settings ORDER BY 1").fetchall(),
+                conn.execute("SELECT * FROM audit ORDER BY 1").fetchall(),
+                conn.execute("SELECT * FROM drops ORDER BY 1, 2").fetchall())
+    finally:
+        conn.close()
+
+
+def test_pages_need_a_session(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for method, path in [("GET", "/admin/"), ("GET", PAGE),
+                             ("POST", f"{PAGE}/settings"),
+                             ("POST", f"{PAGE}/deliveries/2020-01-01/replace")]:
+            r = client.request(method, path, data={"enabled": "on"})
+            assert r.status_code == 303 and r.headers["location"].startswith("/admin/login")
+    with httpx.Client(base_url=server.url, timeout=30,
+                      cookies={"kat_session": "forged"}) as client:
+        r = client.get("/admin/")
+        assert r.status_code == 303
+        r = client.get("/")
+        assert r.status_code == 303 and r.headers["location"] == "/admin/"
+
+
+def test_login_refuses_telemetry_and_unknown_tokens(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        r = client.post("/admin/login", data={"token": server.token("alice")})
+        assert r.status_code == 401 and "telemetry token" in r.text
+        assert "set-cookie" not in r.headers
+        r = client.post("/admin/login", data={"token": "kat_unknown"})
+        assert r.status_code == 401 and "unknown, revoked or expired" in r.text
+
+
+def test_session_cookie_flags_and_redirects(server: Server) -> None:
+    token = admin_token(server, "ada", ACCOUNT)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        r = client.post("/admin/login", data={"token": token, "next": "https://evil.example/"})
+        assert r.headers["location"] == "/admin/"
+        cookie = r.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/admin" in cookie
+        assert token not in cookie
+        r = client.get("/admin/")
+        assert r.status_code == 200 and ACCOUNT in r.text and OTHER_ACCOUNT not in r.text
+        assert "default-src 'none'" in r.headers["content-security-policy"]
+        assert "<script" not in r.text
+
+
+def test_another_accounts_admin_sees_and_changes_nothing(server: Server) -> None:
+    with login(server, admin_token(server, "mallory", OTHER_ACCOUNT)) as client:
+        csrf = csrf_of(client.get("/admin/").text)
+        before = saved_state(server)
+        r = client.get(PAGE)
+        assert r.status_code == 403 and "does not administer" in r.text
+        assert PROFILE not in r.text
+        r = client.post(f"{PAGE}/settings", data={"csrf": csrf, "enabled": "on", "action": "save",
+                                                  "layout": "delivered", "sse": "AES256"})
+        assert r.status_code == 403
+        r = client.post(f"{PAGE}/deliveries/2020-01-01/replace", data={"csrf": csrf})
+        assert r.status_code == 403
+        assert saved_state(server) == before
+
+
+def test_changes_need_the_csrf_token_and_our_origin(server: Server) -> None:
+    with login(server, admin_token(server, "ada", ACCOUNT)) as client:
+        csrf = csrf_of(client.get(PAGE).text)
+        form = {"enabled": "on", "layout": "delivered", "sse": "AES256", "action": "save"}
+        before = saved_state(server)
+        assert client.post(f"{PAGE}/settings", data=form).status_code == 403
+        assert client.post(f"{PAGE}/settings", data={**form, "csrf": "0" * 64}).status_code == 403
+        r = client.post(f"{PAGE}/settings", data={**form, "csrf": csrf},
+                        headers={"origin": "https://evil.example"})
+        assert r.status_code == 403 and "cannot post" in r.text
+        assert saved_state(server) == before
+        r = client.post(f"{PAGE}/settings", data={**form, "csrf": csrf},
+                        headers={"origin": server.url})
+        assert r.status_code == 303 and r.headers["location"] == f"{PAGE}?saved=1"
+        client.post(f"{PAGE}/settings", data={**form, "enabled": "", "layout": "documented",
+                                              "csrf": csrf})
+
+
+def test_revoking_the_token_ends_the_session(server: Server) -> None:
+    token = admin_token(server, "temp", ACCOUNT)
+    with login(server, token) as client:
+        assert client.get(PAGE).status_code == 200
+        conn = store.connect(server.config.control_db)
+        store.revoke_tokens(conn, ACCOUNT, now=time.time(), actor="test", token=token)
+        conn.close()
+        r = client.get(PAGE)
+        assert r.status_code == 303 and r.headers["location"].startswith("/admin/login")
+
+
+def test_report_again_from_the_page(server: Server) -> None:
+    with login(server, admin_token(server, "ada", ACCOUNT)) as client:
+        csrf = csrf_of(client.get(PAGE).text)
+        r = client.post(f"{PAGE}/deliveries/2020-01-01/replace", data={"csrf": csrf})
+        assert r.status_code == 303, r.text
+        page = client.get(r.headers["location"]).text
+        assert "The report of 2020-01-01 was produced and delivered again." in page
+        assert "report.replace" in page and "admin:ada" in page
+
+
+# --- in a real browser --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package "
+                    "(.ci/run and 'make test' do)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def test_settings_page_in_chromium(server: Server, browser: Any,
+                                   bucket: tuple[str, dict[str, str]]) -> None:
+    """Log in, set a bad location and see its errors, fix it, save."""
+    name = bucket[0]
+    token = admin_token(server, "ada", ACCOUNT)
+    page = browser.new_page()
+    page.goto(f"{server.url}{PAGE}")
+    assert "/admin/login" in page.url
+    page.fill("#token", "kat_wrong")
+    page.click("#login button")
+    assert "unknown, revoked or expired" in page.inner_text("#login-error")
+    page.fill("#token", token)
+    page.click("#login button")
+    page.wait_for_url(f"{server.url}{PAGE}")
+    assert page.inner_text("h1") == f"Account {ACCOUNT}"
+
+    # 1. the bucket root: refused by the URI check
+    page.fill("#s3_uri", f"s3://{name}")
+    page.check("#enabled")
+    page.click("#save")
+    problems = page.inner_text("#findings")
+    assert "the CSV file cannot be saved in the root of the bucket" in problems
+    assert page.input_value("#s3_uri") == f"s3://{name}"  # what was typed is kept
+
+    # 2. a prefix the bucket policy does not cover: refused by the policy check
+    page.fill("#s3_uri", f"s3://{name}/other-prefix/")
+    page.click("#save")
+    problems = page.inner_text("#findings")
+    assert "Not saved" in problems and "policy" in problems.lower()
+    assert "other-prefix" in problems
+
+    # 3. a bucket that does not exist
+    page.fill("#s3_uri", f"s3://{name}-missing/user-activity-reports/")
+    page.click("#check")
+    assert "does not exist" in page.inner_text("#findings")
+
+    # 4. fixed: check first (not saved), then save
+    page.fill("#s3_uri", f"s3://{name}/user-activity-reports/")
+    page.select_option("#layout", "delivered")
+    page.click("#check")
+    assert "passes every check" in page.inner_text("#notice")
+    conn = store.connect(server.config.control_db)
+    assert conn.execute("SELECT s3_uri FROM settings WHERE account_id = ?",
+                        (ACCOUNT,)).fetchone() in (None, (None,))
+    page.click("#save")
+    page.wait_for_url(re.compile(r".*\?saved=1$"))
+    assert page.inner_text("#notice") == "Settings saved."
+    assert page.input_value("#s3_uri") == f"s3://{name}/user-activity-reports/"
+    assert page.input_value("#layout") == "delivered"
+    assert page.is_checked("#enabled")
+    audit = page.inner_text("#audit")
+    assert "settings.update" in audit and "admin:ada" in audit
+    row = conn.execute("SELECT enabled, s3_uri, layout FROM settings WHERE account_id = ?",
+                       (ACCOUNT,)).fetchone()
+    conn.close()
+    assert row == (1, f"s3://{name}/user-activity-reports/", "delivered")
+
+    # the session cookie is out of reach of page scripts
+    assert page.evaluate("document.cookie") == ""
+    # logging out ends the session
+    page.click("header form button")
+    page.wait_for_url(re.compile(r".*/admin/login$"))
+    page.goto(f"{server.url}{PAGE}")
+    assert "/admin/login" in page.url
+    page.close()
