@@ -94,7 +94,7 @@ def test_report_errors_are_clear(tmp_path: Path) -> None:
         (("report", "backfill", "--account", ACCOUNT, "--from", "2026-11-03", "--to",
           "2026-11-01"), "before"),
         (("settings", "set", ACCOUNT, "--kms-key-arn", "alias/x", "--sse", "aws:kms"),
-         "not an alias"),
+         "aliases are refused"),
     ]:
         out = cli(data, *args)
         assert out.returncode == 1, (args, out.stdout, out.stderr)

@@ -459,7 +459,7 @@ def test_policy_requiring_aes256(make_bucket: MakeBucket, admin: Any) -> None:
 
 
 @pytest.mark.parametrize(("key", "expected"), [
-    (None, "sse aws:kms needs a KMS key: pass the full key ARN"),
+    (None, "sse aws:kms needs a KMS key: set kms_key_arn (--kms-key-arn) to the full key ARN"),
     ("alias/reports", "is an alias, and aliases are refused"),
     (f"arn:aws:kms:{REGION}:{ACCOUNT}:alias/reports", "is an alias, and aliases are refused"),
     ("1234abcd-12ab-34cd-56ef-1234567890ab", "is not a full key ARN"),

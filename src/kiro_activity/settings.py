@@ -10,14 +10,13 @@ which are kept and shown) or refuses with every problem listed and changes nothi
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from typing import Any
 
-from . import location
+from . import location, s3uri
 from .errors import SettingsRejected, UsageError
 from .metrics import LAYOUTS
 from .store import record, require_account, transaction
@@ -61,8 +60,6 @@ SETTINGS: tuple[Setting, ...] = (
             example="arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
-KMS_ARN = re.compile(r"arn:aws[a-z-]*:kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):key/"
-                     r"[A-Za-z0-9-]+")
 
 
 @dataclass(frozen=True)
@@ -154,16 +151,8 @@ def _coerce(name: str, value: Any) -> tuple[Any, str | None]:
 
 def field_problems(s: Settings, region: str) -> list[tuple[str, str]]:
     """Problems of the values themselves, without looking at any bucket."""
-    out: list[tuple[str, str]] = []
-    if s.sse == "aws:kms":
-        m = KMS_ARN.fullmatch(s.kms_key_arn or "")
-        if m is None:
-            out.append(("kms", "sse aws:kms needs kms_key_arn (--kms-key-arn) with the full "
-                               "key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID), not an alias"))
-        elif m["region"] != region:
-            out.append(("kms", f"the KMS key is in {m['region']}, but the account's profile "
-                               f"(and so its bucket) is in {region}: use a key of {region}"))
-    elif s.kms_key_arn:
+    out = [("kms", m) for m in s3uri.kms_problems(s.sse, s.kms_key_arn, region)]
+    if s.sse != "aws:kms" and s.kms_key_arn:
         out.append(("kms", "kms_key_arn is only used with sse aws:kms: set sse aws:kms "
                            "or clear kms_key_arn"))
     return out
@@ -229,7 +218,7 @@ def merge(current: Settings, changes: Mapping[str, Any], region: str | None = No
         problems += field_problems(partial, region) if region else []
         uri = values.get("s3_uri")
         if uri and region:
-            problems += [("uri", m) for m in location.uri_problems(
+            problems += [("uri", m) for m in s3uri.uri_problems(
                 uri, account_id=current.account_id, region=region)]
         raise SettingsRejected(problems)
     return replace(current, **values)
