@@ -142,11 +142,28 @@ def moto_url() -> Iterator[str]:
             proc.wait(5)
 
 
+#: a closed port on loopback: where S3 calls go unless a test points them at moto
+NO_S3 = "http://127.0.0.1:9"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_leaves_the_machine() -> Iterator[None]:
+    """Every boto3 client of the tests and of the servers they start reaches loopback only,
+    whatever the machine's AWS configuration says."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ENDPOINT_URL_S3", NO_S3)
+        mp.setenv("AWS_ENDPOINT_URL", NO_S3)
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        yield
+
+
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Fake credentials, no profile files, no metadata service: nothing leaves the machine."""
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", NO_S3)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", NO_S3)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from conftest import ACCOUNT, REGION, free_port, setup_accounts
-from kiro_activity import daily, settings, store
+from kiro_activity import daily, location, settings, store
 from kiro_activity.config import Config
 from kiro_activity.deliver import Destination, LocalDestination, PutResult
 from kiro_activity.landing import LandingLog, LandingRecord
@@ -159,9 +159,10 @@ def test_s3_outage_that_ends_and_configuration_errors(config: Config, aws_env: N
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     seed(config, 1200)
     bucket = f"kiro-daily-{time.time_ns()}"
-    s3_setup(config, bucket)
-    conn = store.connect(config.control_db)
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # S3 is down
+    s3_setup(config, bucket)  # saved with warnings: the bucket could not be checked
+    conn = store.connect(config.control_db)
+    assert any("could not reach S3" in w for w in settings.get(conn, ACCOUNT).warnings)
     out = daily.deliver_day(config, ACCOUNT, DAY, now=lambda: AFTER)
     assert out.state == "failed" and out.error is not None and out.error.transient
     err = daily.status(conn, ACCOUNT)["last_error"]
@@ -224,3 +225,36 @@ def test_scheduler_backs_off_a_failing_account(config: Config, tmp_path: Path) -
     clock[0] = sched.retry_at[ACCOUNT] + 1
     [o] = sched.run_due()
     assert o.state == "delivered"
+
+
+def test_no_manifest_when_the_policy_allows_only_the_csv_files(
+        config: Config, aws_env: None, moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)
+    s3 = boto3.session.Session().client("s3", region_name=REGION)
+    bucket = f"kiro-daily-{time.time_ns()}"
+    s3.create_bucket(Bucket=bucket)
+    conn = store.connect(config.control_db)
+    policy = location.documented_policy(bucket, "reports", store.require_account(conn, ACCOUNT))
+    policy["Statement"][0]["Resource"] = (
+        f"arn:aws:s3:::{bucket}/reports/AWSLogs/{ACCOUNT}/KiroLogs/by_user_analytic/*")
+    s3.put_bucket_policy(Bucket=bucket, Policy=orjson.dumps(policy).decode())
+    seed(config, 3)
+    saved, report = settings.update(conn, ACCOUNT, {"enabled": True,
+                                                    "s3_uri": f"s3://{bucket}/reports/"},
+                                    actor="test", now=NOON, today=DAY,
+                                    writer=config.writer_principal)
+    assert report.valid and not report.manifest_allowed and saved.manifest is False
+    assert any("manifest" in w for w in saved.warnings)
+    out = daily.deliver_day(config, ACCOUNT, DAY, now=lambda: AFTER)
+    assert out.state == "delivered"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == [f"reports/AWSLogs/{ACCOUNT}/KiroLogs/by_user_analytic/us-east-1/2026/11/30/"
+                    f"00/{ACCOUNT}_by_user_analytic_202611300000.csv"]
+    # the admin widens the policy; validate notices, and the next day gets its manifest again
+    s3.put_bucket_policy(Bucket=bucket, Policy=orjson.dumps(location.documented_policy(
+        bucket, "reports", store.require_account(conn, ACCOUNT))).decode())
+    again = settings.validate(conn, ACCOUNT, writer=config.writer_principal, now=AFTER)
+    assert again.valid and again.manifest_allowed and again.warnings == []
+    assert settings.get(conn, ACCOUNT).manifest is True
+    s3.close()
+    conn.close()

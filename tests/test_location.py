@@ -516,6 +516,7 @@ def test_access_denied_still_reads_the_region_header(stubbed: tuple[Any, Stubber
     client, stubber = stubbed
     stubber.add_client_error("head_bucket", "403", "Forbidden", 403,
                              response_meta=region_meta("eu-west-1"))
+    stubber.add_client_error("get_bucket_policy", "AccessDenied", "Access Denied", 403)
     report = check("denied-bucket", client)
     assert report.region == "eu-west-1"
     assert "is in Region eu-west-1" in only(report.problems, "region")
@@ -525,8 +526,22 @@ def test_access_denied_still_reads_the_region_header(stubbed: tuple[Any, Stubber
         "ExpectedBucketOwner")
     assert messages(report.warnings, "region") == []
     assert only(report.warnings, "policy") == (
-        "bucket policy not verified: bucket denied-bucket could not be read with these "
-        "credentials; pass --policy-file to check it")
+        "bucket policy not verified: reading the policy of bucket denied-bucket is denied to "
+        "these credentials (it needs s3:GetBucketPolicy); pass --policy-file to check a copy")
+
+
+def test_without_list_bucket_the_policy_is_still_read(stubbed: tuple[Any, Stubber]) -> None:
+    """HeadBucket needs s3:ListBucket; an admin allowed only s3:GetBucketPolicy still gets
+    the policy checked."""
+    client, stubber = stubbed
+    stubber.add_client_error("head_bucket", "403", "Forbidden", 403,
+                             response_meta=region_meta(REGION))
+    stubber.add_response("get_bucket_policy",
+                         {"Policy": json.dumps(documented("listless-bucket"))})
+    report = check("listless-bucket", client)
+    assert report.valid and report.problems == []
+    assert messages(report.warnings, "policy") == []
+    assert "not verified" in only(report.warnings, "owner")
 
 
 def test_server_error_is_a_warning(stubbed: tuple[Any, Stubber]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,7 +103,33 @@ def deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[],
                 replace: bool = False, attempts: int = 1, backoff: Backoff | None = None,
                 sleep: Callable[[float], None] = time.sleep,
                 destination: Destination | None = None, actor: str | None = None) -> Outcome:
-    """Plan the day if needed, then put every object not yet delivered, in order."""
+    """Plan the day if needed, then put every object not yet delivered, in order.
+
+    One (account, day) is delivered by one thread of this process at a time: the schedule and
+    an admin's "report again" wait for each other instead of interleaving plans and puts.
+    """
+    with _lock_of(account_id, day):
+        return _deliver_day(config, account_id, day, now=now, replace=replace,
+                            attempts=attempts, backoff=backoff, sleep=sleep,
+                            destination=destination, actor=actor)
+
+
+_locks: dict[tuple[str, date], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_of(account_id: str, day: date) -> threading.Lock:
+    with _locks_guard:
+        if len(_locks) > 10_000:  # forget idle ones; a held lock stays held by its holder
+            for key in [k for k, lock in _locks.items() if not lock.locked()]:
+                del _locks[key]
+        return _locks.setdefault((account_id, day), threading.Lock())
+
+
+def _deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[], float],
+                 replace: bool, attempts: int, backoff: Backoff | None,
+                 sleep: Callable[[float], None], destination: Destination | None,
+                 actor: str | None) -> Outcome:
     conn = connect(config.control_db)
     try:
         account = require_account(conn, account_id)

@@ -304,6 +304,10 @@ def _read_policy(found: _Findings, s3: Any, t: _Target) -> Mapping[str, Any] | N
         else:
             _policy_unreachable(found, t, code)
         return None
+    except NoCredentialsError:
+        found.warn("policy", "bucket policy not verified: no AWS credentials were found; "
+                             "pass --policy-file to check a copy")
+        return None
     except BotoCoreError as exc:
         _policy_unreachable(found, t, type(exc).__name__)
         return None
@@ -345,7 +349,8 @@ def _check_policy(found: _Findings, s3: Any, t: _Target,
         return
     if given is not None:
         policy = _parse_policy(found, given)
-    elif access == "ok":
+    elif access in ("ok", "denied") and s3 is not None:
+        # HeadBucket needs s3:ListBucket; an admin may still be allowed s3:GetBucketPolicy
         policy = _read_policy(found, s3, t)
     else:
         if access == "denied":
