@@ -6,18 +6,33 @@ from __future__ import annotations
 import gzip
 import random
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from conftest import ACCOUNT, OTHER_PROFILE, PROFILE, TARGET, Server
+from conftest import ACCOUNT, OTHER_PROFILE, PROFILE, TARGET, Server, make_server
 from kiro_activity import events, landing
 from kiro_activity.simulate import request_body
 
 AWS_JSON = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": TARGET}
 REST_JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module", params=["fast", "asgi"])
+def server(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Every test runs against both paths of a single event: straight from the HTTP parser
+    (fastpath.py) and through ASGI."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KIRO_ACTIVITY_FAST_PATH", "1" if request.param == "fast" else "0")
+        s = make_server(tmp_path_factory.mktemp(request.param))
+    yield s
+    health = httpx.get(f"{s.url}/health").json()
+    s.stop()
+    assert (health["fast_path_requests"] > 0) == (request.param == "fast")
 
 
 def post(client: httpx.Client, body: Any, protocol: str = "aws", **headers: str) -> httpx.Response:

@@ -76,6 +76,7 @@ def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: f
     and deliver each enabled account's report at 00:00 UTC."""
     import uvicorn
 
+    from .fastpath import protocol_for
     from .ingest import create_app
 
     config = Config.from_environ(
@@ -92,8 +93,10 @@ def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: f
 
         def clock() -> float:
             return start + (time.monotonic() - t0)
-    uvicorn.run(create_app(config, clock=clock), host=host, port=port, loop="uvloop",
-                http="httptools", lifespan="on", access_log=access_log, log_level="warning")
+    app = create_app(config, clock=clock)
+    uvicorn.run(app, host=host, port=port, loop="uvloop",
+                http=protocol_for(app) if config.fast_path else "httptools",
+                lifespan="on", access_log=access_log, log_level="warning")
 
 
 @main.group()

@@ -39,6 +39,8 @@ class Config:
     #: the principal the bucket policy must let put report objects (settings spec, check 4): the
     #: service principal of the product documentation, or a self-hosted writer's IAM role ARN
     writer_principal: str = "q.amazonaws.com"
+    #: answer single telemetry events straight from the HTTP parser (:mod:`.fastpath`)
+    fast_path: bool = True
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:

@@ -79,6 +79,8 @@ class IngestApp:
         self.admin_api = AdminApi(admin, self.auth)
         self.pages = WebPages(admin)
         self._stop = asyncio.Event()
+        #: single events answered by :mod:`.fastpath` (the rest went through ASGI)
+        self.fast_requests = 0
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -157,6 +159,14 @@ class IngestApp:
         await self.landing.append([record])
         await _send(send, 200, OK_BODY)
 
+    def single_record(self, headers: dict[str, str], body: bytes, protocol: str,
+                      content_type: str) -> LandingRecord:
+        """The checks of :meth:`_single` on a body already read in full (the fast path of
+        :mod:`.fastpath`): the record to store, or the ApiError to answer."""
+        principal = self._admit(headers)
+        _check_content_type(headers, content_type)
+        return self._record(events.parse_request(body), body, principal, headers, protocol)
+
     async def _batch(self, headers: dict[str, str], receive: Receive, send: Send) -> None:
         principal = self._admit(headers)
         _check_content_type(headers, "application/x-ndjson", "application/json")
@@ -216,7 +226,7 @@ class IngestApp:
     async def _health(self, send: Send) -> None:
         ok = self.landing.healthy
         body = {"status": "ok" if ok else "degraded", "landing_log": "ok" if ok else "failing",
-                "commits": self.landing.commits}
+                "commits": self.landing.commits, "fast_path_requests": self.fast_requests}
         await _send(send, 200 if ok else 503, orjson.dumps(body))
 
 
@@ -240,10 +250,25 @@ def _not_found(method: str, path: str) -> ApiError:
     return error
 
 
+def request_id() -> bytes:
+    """A new x-amzn-RequestId: unique per process start and request."""
+    return f"{_PROCESS_ID}-{next(_request_ids):012d}".encode()
+
+
+def error_headers(exc: ApiError) -> list[tuple[bytes, bytes]]:
+    """The headers of an error answer: its type, and when to retry."""
+    extra = [(b"x-amzn-errortype", exc.type_name.encode())]
+    if isinstance(exc, ThrottlingError):
+        extra.append((b"retry-after", str(max(1, round(exc.retry_after + 0.5))).encode()))
+    elif exc.status == 503:
+        extra.append((b"retry-after", b"1"))
+    return extra
+
+
 async def _send(send: Send, status: int, body: bytes,
                 extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    request_id = f"{_PROCESS_ID}-{next(_request_ids):012d}".encode()
-    headers = [*JSON_HEADERS, (b"x-amzn-requestid", request_id)]
+    headers = [*JSON_HEADERS, (b"x-amzn-requestid", request_id()),
+               (b"content-length", str(len(body)).encode())]
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -251,9 +276,4 @@ async def _send(send: Send, status: int, body: bytes,
 
 
 async def _send_error(send: Send, exc: ApiError) -> None:
-    extra = [(b"x-amzn-errortype", exc.type_name.encode())]
-    if isinstance(exc, ThrottlingError):
-        extra.append((b"retry-after", str(max(1, round(exc.retry_after + 0.5))).encode()))
-    elif exc.status == 503:
-        extra.append((b"retry-after", b"1"))
-    await _send(send, exc.status, orjson.dumps(exc.body()), extra)
+    await _send(send, exc.status, orjson.dumps(exc.body()), error_headers(exc))

@@ -148,13 +148,18 @@ class LandingLog:
 
     async def append(self, records: Sequence[LandingRecord]) -> int:
         """Store records durably; returns how many were new (the rest were repeats)."""
-        loop = asyncio.get_running_loop()
+        return await self.submit(records, asyncio.get_running_loop())
+
+    def submit(self, records: Sequence[LandingRecord],
+               loop: asyncio.AbstractEventLoop) -> asyncio.Future[int]:
+        """Queue records for the next group commit (on the loop's thread); the future gets how
+        many were new once they are durable, or the error that kept them from the disk."""
         fut: asyncio.Future[int] = loop.create_future()
         self._pending.append((records, fut))
         if not self._committing:
             self._committing = True
             loop.call_soon(self._flush, loop)
-        return await fut
+        return fut
 
     def append_sync(self, records: Sequence[LandingRecord]) -> int:
         """Blocking form of :meth:`append`, for callers without an event loop."""

@@ -1,0 +1,118 @@
+"""The fast path of single events (fastpath.py) at the HTTP level, on a real server process:
+keep-alive, pipelining, connection close, HTTP/1.0, and what it leaves to ASGI."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import orjson
+import pytest
+
+from conftest import TARGET, Server, make_server
+from kiro_activity import landing
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = make_server(tmp_path_factory.mktemp("fast"), "--no-schedule")
+    yield s
+    s.stop()
+
+
+def request(server: Server, token: str, path: str = "/SendTelemetryEvent",
+            version: str = "1.1", extra: str = "", body: bytes | None = None) -> bytes:
+    body = body if body is not None else orjson.dumps({"telemetryEvent": {
+        "chatAddMessageEvent": {"conversationId": "c", "messageId": "m"}},
+        "clientToken": str(uuid.uuid4())})
+    target = f"X-Amz-Target: {TARGET}\r\n" if path == "/" else ""
+    ctype = "application/x-amz-json-1.0" if path == "/" else "application/json"
+    return (f"POST {path} HTTP/{version}\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: {ctype}\r\n{target}Content-Length: {len(body)}\r\n{extra}\r\n"
+            ).encode() + body
+
+
+def read_responses(sock: socket.socket, n: int) -> list[bytes]:
+    """Read until n complete responses (each with a Content-Length) have arrived."""
+    data, out = b"", []
+    while len(out) < n:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        while b"\r\n\r\n" in data:
+            head, _, rest = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            if len(rest) < length:
+                break
+            out.append(head + b"\r\n\r\n" + rest[:length])
+            data = rest[length:]
+    return out
+
+
+def fast_count(server: Server) -> int:
+    return int(httpx.get(f"{server.url}/health").json()["fast_path_requests"])
+
+
+def test_keep_alive_and_pipelining_answer_in_order(server: Server) -> None:
+    token = server.token("pipe")
+    before = len(landing.read_events(server.config.landing_db))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        # three requests in one write: the first on the fast path, the others queued behind it
+        bad = request(server, "kat_nope")
+        sock.sendall(request(server, token) + bad + request(server, token, "/"))
+        answers = read_responses(sock, 3)
+        assert [a.split(b"\r\n")[0] for a in answers] == [
+            b"HTTP/1.1 200 OK", b"HTTP/1.1 403 Forbidden", b"HTTP/1.1 200 OK"]
+        assert b"AccessDeniedException" in answers[1]
+        # the connection is still usable
+        sock.sendall(request(server, token))
+        assert read_responses(sock, 1)[0].startswith(b"HTTP/1.1 200 OK")
+    assert len(landing.read_events(server.config.landing_db)) == before + 3
+
+
+def test_fast_path_headers_and_connection_close(server: Server) -> None:
+    token = server.token("close")
+    start = fast_count(server)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request(server, token, extra="Connection: close\r\n"))
+        [answer] = read_responses(sock, 1)
+        assert sock.recv(10) == b""  # closed by the server after the answer
+    head = answer.split(b"\r\n\r\n")[0].lower()
+    assert b"connection: close" in head and b"content-type: application/json" in head
+    assert b"x-amzn-requestid: " in head and b"date: " in head
+    assert answer.endswith(b"\r\n\r\n{}")
+    assert fast_count(server) == start + 1
+
+
+def test_what_goes_through_asgi(server: Server) -> None:
+    """HTTP/1.0, chunked bodies, a query string: answered the same, not on the fast path."""
+    token = server.token("slow")
+    start = fast_count(server)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request(server, token, version="1.0"))
+        [answer] = read_responses(sock, 1)
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+    body = orjson.dumps({"telemetryEvent": {"chatAddMessageEvent": {
+        "conversationId": "c", "messageId": "m"}}})
+    with httpx.Client(base_url=server.url, timeout=10,
+                      headers={"Authorization": f"Bearer {token}",
+                               "Content-Type": "application/json"}) as client:
+        assert client.post("/SendTelemetryEvent", content=iter([body])).status_code == 200
+        assert client.post("/SendTelemetryEvent?x=1", content=body).status_code == 200
+    assert fast_count(server) == start
+
+
+def test_errors_on_the_fast_path(server: Server) -> None:
+    token = server.token("errs")
+    start = fast_count(server)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request(server, token, body=b'{"telemetryEvent": {'))  # broken JSON
+        [answer] = read_responses(sock, 1)
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request")
+    assert b"x-amzn-errortype: ValidationException" in answer
+    assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["__type"] == "ValidationException"
+    assert fast_count(server) == start + 1
