@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ACCOUNT, OTHER_ACCOUNT, Server, make_server
+from conftest import ACCOUNT, OTHER_ACCOUNT, Server, cli, make_server
 from kiro_activity import store
 
 A = f"/admin/v1/accounts/{ACCOUNT}"
@@ -21,7 +21,6 @@ ENDPOINTS: list[tuple[str, str, Any]] = [
     ("GET", "/admin/v1/accounts/{a}", None),
     ("GET", "/admin/v1/accounts/{a}/settings", None),
     ("PATCH", "/admin/v1/accounts/{a}/settings", {"enabled": True, "layout": "delivered"}),
-    ("PUT", "/admin/v1/accounts/{a}/settings", {"enabled": True}),
     ("POST", "/admin/v1/accounts/{a}/settings/validate", {}),
     ("GET", "/admin/v1/accounts/{a}/deliveries", None),
     ("POST", f"/admin/v1/accounts/{{a}}/deliveries/{YESTERDAY}/replace", None),
@@ -125,7 +124,7 @@ def test_change_settings_lists_every_problem_and_saves_nothing(server: Server) -
     assert "layout 'sideways' must be one of: documented, delivered" in text
     assert "unknown setting 'colour'" in text
     assert "the CSV file cannot be saved in the root of the bucket" in text
-    assert "not an alias" in text or "alias" in text
+    assert "is an alias, and aliases are refused" in text
     assert any(check == "uri" for check, _ in problems)
     assert snapshot(server) == before
 
@@ -180,18 +179,51 @@ def test_bad_bodies(server: Server) -> None:
         r = call(server, "PATCH", f"{A}/settings", token, content=raw)
         assert r.status_code == 400, raw[:20]
         assert words in r.json()["error"]["message"]
-    r = call(server, "GET", f"{A}/audit?limit=0", token)
-    assert r.status_code == 400 and "limit" in r.json()["error"]["message"]
+    for query in ("limit=0", "limit=%C2%B2", "limit=1e3", "before=-1", "before=%D9%A3"):
+        r = call(server, "GET", f"{A}/audit?{query}", token)
+        assert r.status_code == 400, query
+        assert "must be an integer" in r.json()["error"]["message"]
+    for policy in (5, [1], True, 1.5):
+        for path, body in ((f"{A}/settings", {"policy": policy}),
+                           (f"{A}/settings/validate", {"policy": policy})):
+            r = call(server, "PATCH" if path.endswith("settings") else "POST", path, token,
+                     body)
+            assert r.status_code == 400, (path, policy)
+            assert "policy must be a JSON object or JSON text" in r.json()["error"]["message"]
+    r = call(server, "POST", f"{A}/settings/validate", token,
+             {"settings": {"s3_uri": "s3://bucket-name/p/"}, "policy": "[" * 100_000})
+    assert r.status_code == 200  # S3 is out of reach here: refused, not crashed
+    assert not r.json()["valid"]
+
+
+def test_unknown_routes_and_methods(server: Server) -> None:
+    """Authentication comes first; then a 404 or a 405, in the JSON error shape."""
+    token = admin_token(server, "ada", ACCOUNT)
+    r = call(server, "GET", "/admin/v1/nothing-here")
+    assert r.status_code == 401
+    r = call(server, "GET", "/admin/v1/nothing-here", server.token("alice"))
+    assert r.status_code == 403
     r = call(server, "GET", "/admin/v1/nothing-here", token)
     assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound"
+    r = call(server, "DELETE", f"{A}/settings", token)
+    assert r.status_code == 405 and r.json()["error"]["type"] == "MethodNotAllowed"
+    assert "takes GET, PATCH" in r.json()["error"]["message"]
 
 
 def test_deliveries_and_report_again(server: Server) -> None:
     token = admin_token(server, "ada", ACCOUNT)
     r = call(server, "POST", f"{A}/deliveries/{TOMORROW}/replace", token)
     assert r.status_code == 409 and "not closed" in r.json()["error"]["message"]
-    r = call(server, "POST", f"{A}/deliveries/yesterday/replace", token)
-    assert r.status_code == 400 and "YYYY-MM-DD" in r.json()["error"]["message"]
+    for day in ("yesterday", "2020W011", "20201130", "2020-11-31", "0001-01-01"):
+        r = call(server, "POST", f"{A}/deliveries/{day}/replace", token)
+        assert r.status_code == 400, day
+        assert day in r.json()["error"]["message"]
+    # reports are off for this account and the day was never produced: nothing to replace
+    r = call(server, "POST", f"/admin/v1/accounts/{OTHER_ACCOUNT}/deliveries/{YESTERDAY}/"
+             "replace", admin_token(server, "olga", OTHER_ACCOUNT))
+    assert r.status_code == 409 and "reports were not on" in r.json()["error"]["message"]
+    ran = cli(server.data_dir, "report", "run", "--account", ACCOUNT, "--date", YESTERDAY)
+    assert ran.returncode == 0, ran.stderr  # produced once by the operator: now replaceable
     r = call(server, "POST", f"{A}/deliveries/{YESTERDAY}/replace", token)
     assert r.status_code == 200, r.text
     assert r.json()["state"] == "delivered"
@@ -215,6 +247,11 @@ def test_tokens_are_listed_never_shown(server: Server) -> None:
     assert token not in r.text and telemetry not in r.text and "kat_" not in r.text
     users = {(t["kind"], t["user"]) for t in r.json()["tokens"]}
     assert ("admin", "ada") in users and ("user", "bob") in users
+    # an admin of both accounts is listed, and audited, without naming the other account
+    admin_token(server, "both-ways", ACCOUNT, OTHER_ACCOUNT)
+    listed = call(server, "GET", f"{A}/tokens", token)
+    assert "both-ways" in listed.text and OTHER_ACCOUNT not in listed.text
+    assert OTHER_ACCOUNT not in call(server, "GET", f"{A}/audit?limit=1000", token).text
     audit = call(server, "GET", f"{A}/audit?limit=1000", token)
     assert "kat_" not in audit.text
     issued = [e for e in audit.json()["entries"] if e["action"] == "token.issue"]

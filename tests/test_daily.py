@@ -159,10 +159,16 @@ def test_s3_outage_that_ends_and_configuration_errors(config: Config, aws_env: N
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     seed(config, 1200)
     bucket = f"kiro-daily-{time.time_ns()}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # S3 is down
-    s3_setup(config, bucket)  # saved with warnings: the bucket could not be checked
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)
+    s3 = boto3.session.Session().client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=bucket)
     conn = store.connect(config.control_db)
-    assert any("could not reach S3" in w for w in settings.get(conn, ACCOUNT).warnings)
+    s3.put_bucket_policy(Bucket=bucket, Policy=orjson.dumps(location.documented_policy(
+        bucket, "user-activity-reports", store.require_account(conn, ACCOUNT))).decode())
+    s3_setup(config, bucket)
+    s3.delete_bucket_policy(Bucket=bucket)
+    s3.delete_bucket(Bucket=bucket)  # gone after it was checked
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # S3 is down
     out = daily.deliver_day(config, ACCOUNT, DAY, now=lambda: AFTER)
     assert out.state == "failed" and out.error is not None and out.error.transient
     err = daily.status(conn, ACCOUNT)["last_error"]
@@ -172,7 +178,6 @@ def test_s3_outage_that_ends_and_configuration_errors(config: Config, aws_env: N
     assert out.state == "failed"
     err = daily.status(conn, ACCOUNT)["last_error"]
     assert (err["kind"], err["code"]) == ("configuration", "NoSuchBucket")  # type: ignore[index]
-    s3 = boto3.session.Session().client("s3", region_name=REGION)
     s3.create_bucket(Bucket=bucket)  # the admin fixes it
     out = daily.deliver_day(config, ACCOUNT, DAY, now=lambda: AFTER)
     assert out.state == "delivered"

@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from hypothesis import given
 from hypothesis import strategies as st
@@ -211,6 +212,26 @@ def make_bucket(moto_owner_url: str) -> Iterator[MakeBucket]:
         client.close()
 
 
+class PolicyBlind:
+    """The admin's client where GetBucketPolicy is denied (HeadBucket allowed): the case in
+    which a given copy of the policy is what gets checked."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def get_bucket_policy(self, **kw: Any) -> Any:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"},
+                           "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetBucketPolicy")
+
+
+@pytest.fixture
+def blind(admin: Any) -> Any:
+    return PolicyBlind(admin)
+
+
 def check(bucket: str, client: Any, **kw: Any) -> LocationReport:
     return check_location(f"s3://{bucket}/{PREFIX}/", ACCT, client=client, today=DAY, **kw)
 
@@ -400,29 +421,54 @@ def test_no_access_and_no_policy_says_the_policy_is_not_verified(
     assert "pass --policy-file" in only(report.warnings, "policy")
 
 
-def test_invalid_policy_json(make_bucket: MakeBucket, admin: Any) -> None:
+def test_invalid_policy_json(make_bucket: MakeBucket, blind: Any) -> None:
     bucket = make_bucket()
-    report = check(bucket, admin, policy='{"Version": "2012-10-17",\n "Statement": [}')
+    report = check(bucket, blind, policy='{"Version": "2012-10-17",\n "Statement": [}')
     assert not report.valid
     assert only(report.problems, "policy") == (
         "the policy is not valid JSON: Expecting value at line 2 column 16; "
         "fix the JSON")
 
 
-def test_policy_given_as_bytes(make_bucket: MakeBucket, admin: Any) -> None:
-    bucket = make_bucket()  # no policy on the bucket: the given one is what is checked
-    assert check(bucket, admin, policy=json.dumps(documented(bucket)).encode()).valid
-    assert only(check(bucket, admin, policy=b"\xff{}").problems, "policy") == (
+def test_policy_given_as_bytes(make_bucket: MakeBucket, blind: Any) -> None:
+    bucket = make_bucket()  # the bucket's policy cannot be read: the given one is checked
+    assert check(bucket, blind, policy=json.dumps(documented(bucket)).encode()).valid
+    assert only(check(bucket, blind, policy=b"\xff{}").problems, "policy") == (
         "the policy is not valid UTF-8 (byte 0): save it as UTF-8 JSON")
-    assert only(check(bucket, admin, policy="[]").problems, "policy") == (
+    assert only(check(bucket, blind, policy="[]").problems, "policy") == (
         "the policy must be a JSON object with a Statement list")
+    assert only(check(bucket, blind, policy=5).problems, "policy") == (  # type: ignore[arg-type]
+        "the policy must be a JSON object or JSON text, not int")
+    deep = "[" * 100_000 + "]" * 100_000
+    assert only(check(bucket, blind, policy=deep).problems, "policy") == (
+        "the policy is nested too deeply to be a bucket policy")
 
 
-def test_unknown_operator_in_the_only_allow(make_bucket: MakeBucket, admin: Any) -> None:
+def test_a_given_copy_never_overrides_the_bucket_policy(make_bucket: MakeBucket,
+                                                       admin: Any) -> None:
+    """The bucket denies the writer; a pasted copy of the documented policy does not make the
+    location valid."""
+    def denying(name: str) -> dict[str, Any]:
+        return {"Version": "2012-10-17", "Statement": [{
+            "Sid": "NoWrites", "Effect": "Deny", "Principal": "*", "Action": "s3:PutObject",
+            "Resource": f"arn:aws:s3:::{name}/*"}]}
+
+    bucket = make_bucket(denying)
+    report = check(bucket, admin, policy=documented(bucket))
+    assert not report.valid
+    assert "statement 'NoWrites' explicitly denies" in only(report.problems, "policy")
+    assert "the policy given is not the one bucket" in only(report.warnings, "policy")
+    # a bucket without any policy is not rescued by a copy either
+    bare = make_bucket()
+    report = check(bare, admin, policy=documented(bare))
+    assert "has no bucket policy" in only(report.problems, "policy")
+
+
+def test_unknown_operator_in_the_only_allow(make_bucket: MakeBucket, blind: Any) -> None:
     bucket = make_bucket()
     policy = documented(bucket)
     policy["Statement"][0]["Condition"]["IpAddressIfExists"] = {"aws:SourceIp": "10.0.0.0/8"}
-    report = check(bucket, admin, policy=policy)
+    report = check(bucket, blind, policy=policy)
     assert not report.valid
     assert ("statement 'QDeveloperLogsWrite' would allow s3:PutObject" in
             only(report.problems, "policy"))
@@ -468,32 +514,26 @@ def test_policy_requiring_aes256(make_bucket: MakeBucket, admin: Any) -> None:
 ])
 def test_kms_key_must_be_a_full_arn_in_the_region(
         make_bucket: MakeBucket, admin: Any, key: str | None, expected: str) -> None:
-    bucket = make_bucket()
-    report = check(bucket, admin, sse="aws:kms", kms_key_arn=key, policy=documented(bucket))
+    bucket = make_bucket(documented)
+    report = check(bucket, admin, sse="aws:kms", kms_key_arn=key)
     assert expected in only(report.problems, "kms")
     assert messages(report.problems, "policy") == []
 
 
 def test_kms_key_in_the_region_is_accepted(make_bucket: MakeBucket, admin: Any) -> None:
-    bucket = make_bucket()
-    assert check(bucket, admin, sse="aws:kms", kms_key_arn=KMS_KEY,
-                 policy=documented(bucket)).valid
+    bucket = make_bucket(documented)
+    assert check(bucket, admin, sse="aws:kms", kms_key_arn=KMS_KEY).valid
 
 
-def test_unreachable_s3_is_a_warning_not_a_false_valid() -> None:
+def test_unreachable_s3_refuses_rather_than_a_false_valid() -> None:
     client = client_of(f"http://127.0.0.1:{free_port()}")
     report = check("kiro-loc-anything", client)
     client.close()
-    assert report.problems == [] and report.region is None
-    assert only(report.warnings, "region") == (
-        "could not reach S3 to verify the Region of bucket kiro-loc-anything: "
-        "EndpointConnectionError; delivery reports a Region mismatch as a configuration error")
-    assert only(report.warnings, "owner") == (
-        "could not reach S3 to verify the owner of bucket kiro-loc-anything: "
-        "EndpointConnectionError; delivery enforces the owner with ExpectedBucketOwner")
-    assert only(report.warnings, "policy") == (
-        "could not reach S3 to verify the bucket policy of kiro-loc-anything; run validate "
-        "again or pass --policy-file")
+    assert not report.valid and report.region is None and report.manifest_allowed is None
+    assert [f.check for f in report.problems] == ["s3"]
+    assert report.problems[0].message == (
+        "could not reach S3 to check bucket kiro-loc-anything (EndpointConnectionError): the "
+        "location cannot be verified now; try again once S3 answers")
 
 
 # --- what real S3 answers and moto does not (botocore's Stubber) ------------------------------
@@ -544,16 +584,13 @@ def test_without_list_bucket_the_policy_is_still_read(stubbed: tuple[Any, Stubbe
     assert "not verified" in only(report.warnings, "owner")
 
 
-def test_server_error_is_a_warning(stubbed: tuple[Any, Stubber]) -> None:
+def test_server_error_refuses(stubbed: tuple[Any, Stubber]) -> None:
     client, stubber = stubbed
     stubber.add_client_error("head_bucket", "InternalError", "oops", 500)
     report = check("some-bucket", client, policy=documented("some-bucket"))
-    assert report.valid and report.region is None
-    assert only(report.warnings, "region").startswith(
-        "could not reach S3 to verify the Region of bucket some-bucket: InternalError;")
-    assert only(report.warnings, "owner").startswith(
-        "could not reach S3 to verify the owner of bucket some-bucket: InternalError;")
-    assert messages(report.warnings, "policy") == []  # the given policy was evaluated
+    assert not report.valid and report.region is None
+    assert only(report.problems, "s3").startswith(
+        "could not reach S3 to check bucket some-bucket (InternalError)")
 
 
 def test_region_from_location_and_policy_read_denied(stubbed: tuple[Any, Stubber]) -> None:

@@ -14,7 +14,7 @@ import pytest
 from conftest import ACCOUNT, OTHER_ACCOUNT, PROFILE, REGION, cli, setup_accounts
 from kiro_activity import location, openapi, settings, store
 from kiro_activity.config import Config
-from kiro_activity.errors import SettingsRejected
+from kiro_activity.errors import SettingsConflict, SettingsRejected
 from kiro_activity.store import Account
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,3 +204,67 @@ def test_sessions_end_with_their_token(conn: Any) -> None:
     assert sid not in json.dumps(stored)
     store.revoke_tokens(conn, ACCOUNT, now=4.0, actor="t", principal="ada")
     assert store.session_principal(conn, sid, now=5.0) is None
+
+
+def failing(uri: str, account: Account, **kw: Any) -> location.LocationReport:
+    return location.LocationReport([location.Finding("uri", "bucket x does not exist")], [])
+
+
+def passing(manifest: bool | None) -> Any:
+    def checker(uri: str, account: Account, **kw: Any) -> location.LocationReport:
+        return location.LocationReport([], [], manifest_allowed=manifest)
+    return checker
+
+
+def save(conn: Any, changes: dict[str, Any], checker: Any = None) -> settings.Settings:
+    return settings.update(conn, ACCOUNT, changes, actor="t", now=1.0, today=TODAY, writer="w",
+                           checker=checker)[0]
+
+
+def test_reports_can_be_turned_off_when_the_location_fails(conn: Any) -> None:
+    """The bucket was deleted since: switching reports off is never refused by it."""
+    save(conn, {"enabled": True, "s3_uri": "s3://bucket-name/p/"}, passing(True))
+    off = save(conn, {"enabled": False}, failing)
+    assert off.enabled is False and off.s3_uri == "s3://bucket-name/p/"
+    with pytest.raises(SettingsRejected):  # switching them on again checks the bucket
+        save(conn, {"enabled": True}, failing)
+    with pytest.raises(SettingsRejected):  # so does changing where the files go
+        save(conn, {"layout": "delivered"}, failing)
+
+
+def test_a_change_saved_meanwhile_is_not_undone(conn: Any) -> None:
+    """While one admin's location is being checked, another admin changes the location: the
+    first save is refused (409 over HTTP) instead of silently undoing the second."""
+    def slow_checker(uri: str, account: Account, **kw: Any) -> location.LocationReport:
+        save(conn, {"layout": "delivered"})  # the other admin, during the check
+        return location.LocationReport([], [], manifest_allowed=True)
+
+    with pytest.raises(SettingsConflict):
+        save(conn, {"s3_uri": "s3://bucket-name/p/"}, slow_checker)
+    s = settings.get(conn, ACCOUNT)
+    assert s.layout == "delivered" and s.s3_uri is None
+    # a change of other settings meanwhile is kept, and the audit says who did what
+    def switcher(uri: str, account: Account, **kw: Any) -> location.LocationReport:
+        settings.update(conn, ACCOUNT, {"enabled": False}, actor="other", now=1.0,
+                        today=TODAY, writer="w")
+        return location.LocationReport([], [], manifest_allowed=True)
+
+    save(conn, {"enabled": True}, passing(True))
+    saved = save(conn, {"s3_uri": "s3://bucket-name/p/"}, switcher)
+    assert saved.enabled is False and saved.s3_uri == "s3://bucket-name/p/"
+    [newest, switched, *_] = store.audit_log(conn, ACCOUNT)
+    assert (switched.actor, switched.after) == ("other", {"enabled": False})
+    assert (newest.actor, newest.after) == ("t", {"s3_uri": "s3://bucket-name/p/"})
+
+
+def test_the_manifest_flag_is_kept_when_the_policy_cannot_be_read(conn: Any) -> None:
+    assert save(conn, {"s3_uri": "s3://bucket-name/p/"}, passing(False)).manifest is False
+    # enabling checks again; the policy could not be read: what was known stays
+    assert save(conn, {"enabled": True}, passing(None)).manifest is False
+    # another location: nothing known of it, so the documented default (manifests written)
+    assert save(conn, {"s3_uri": "s3://bucket-name/q/"}, passing(None)).manifest is True
+    report = settings.validate(conn, ACCOUNT, writer="w", now=2.0, checker=passing(False))
+    assert report.valid and settings.get(conn, ACCOUNT).manifest is False
+    [entry, *_] = store.audit_log(conn, ACCOUNT)
+    assert (entry.action, entry.before, entry.after) == (
+        "settings.validate", {"manifest": True}, {"manifest": False})

@@ -18,7 +18,7 @@ import boto3
 import httpx
 import pytest
 
-from conftest import ACCOUNT, OTHER_ACCOUNT, PROFILE, REGION, Server, make_server
+from conftest import ACCOUNT, OTHER_ACCOUNT, PROFILE, REGION, Server, cli, make_server
 from kiro_activity import location, store
 from kiro_activity.store import Account
 
@@ -175,6 +175,8 @@ def test_revoking_the_token_ends_the_session(server: Server) -> None:
 
 
 def test_report_again_from_the_page(server: Server) -> None:
+    ran = cli(server.data_dir, "report", "run", "--account", ACCOUNT, "--date", "2020-01-01")
+    assert ran.returncode == 0, ran.stderr
     with login(server, admin_token(server, "ada", ACCOUNT)) as client:
         csrf = csrf_of(client.get(PAGE).text)
         r = client.post(f"{PAGE}/deliveries/2020-01-01/replace", data={"csrf": csrf})
@@ -265,3 +267,46 @@ def test_settings_page_in_chromium(server: Server, browser: Any,
     page.goto(f"{server.url}{PAGE}")
     assert "/admin/login" in page.url
     page.close()
+
+
+def test_login_from_another_site_and_bad_forms(server: Server) -> None:
+    token = admin_token(server, "ada", ACCOUNT)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for headers in ({"origin": "https://evil.example"}, {"sec-fetch-site": "cross-site"},
+                        {"sec-fetch-site": "same-site"}):
+            r = client.post("/admin/login", data={"token": token}, headers=headers)
+            assert r.status_code == 403, headers
+            assert "set-cookie" not in r.headers
+        r = client.post("/admin/login", data={"token": token},
+                        headers={"sec-fetch-site": "same-origin"})
+        assert r.status_code == 303
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        r = client.post("/admin/login", data={f"f{i}": "x" for i in range(50)})
+        assert r.status_code == 400 and "could not be read" in r.text
+        r = client.post("/admin/login", content=b"--x\r\n",
+                        headers={"content-type": "multipart/form-data"})
+        assert r.status_code == 400
+        r = client.post("/admin/login", files={"token": ("t.txt", b"x")})
+        assert r.status_code == 400
+        r = client.post("/admin/login", content=b"token=" + b"x" * 300_000,
+                        headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 400 and "over" in r.text
+        assert client.get("/health").status_code == 200
+
+
+def test_logout_ends_the_session_on_the_server(server: Server) -> None:
+    with login(server, admin_token(server, "ada", ACCOUNT)) as client:
+        page = client.get(PAGE)
+        cookie = client.cookies["kat_session"]
+        r = client.post("/admin/logout", data={"csrf": csrf_of(page.text)})
+        assert r.status_code == 303
+    with httpx.Client(base_url=server.url, timeout=30,
+                      cookies={"kat_session": cookie}) as replay:
+        r = replay.get(PAGE)
+        assert r.status_code == 303 and r.headers["location"].startswith("/admin/login")
+
+
+def test_notice_is_not_free_text(server: Server) -> None:
+    with login(server, admin_token(server, "ada", ACCOUNT)) as client:
+        page = client.get(f"{PAGE}?replaced=your session expired, log in at evil.example").text
+        assert "evil.example" not in page

@@ -9,6 +9,8 @@ operations. The API speaks JSON with a bearer admin token; errors have one shape
 
 from __future__ import annotations
 
+import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -30,17 +32,22 @@ from .config import Config
 from .deliver import Backoff
 from .errors import (
     AdminError,
+    AdminServerError,
     BadRequestError,
     ConflictError,
     ForbiddenError,
     KiroActivityError,
+    MethodNotAllowedError,
     NotFoundError,
+    SettingsConflict,
     SettingsRejected,
     UnauthorizedError,
-    UsageError,
 )
 from .store import Principal
 
+log = logging.getLogger(__name__)
+#: every route takes every method, so that a wrong one is answered in the JSON error shape
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 MAX_BODY = 1 << 20  # a settings change with a bucket policy is a few kB; policies are <= 20 kB
 
 
@@ -124,6 +131,14 @@ class Admin:
         day = daily.check_day(day_text)
         if not daily.closed(day, self.clock()):
             raise ConflictError(f"{day} is not closed yet (it closes at 00:00 UTC)")
+        with self._conn() as conn:
+            planned = daily.planned(conn, account_id, day)
+            s = settings_mod.get(conn, account_id)
+        if not planned and not (s.enabled and s.enabled_since and s.enabled_since <= day):
+            raise ConflictError(
+                f"there is no report of {day} to produce again: reports were not on for this "
+                "account that day" + (f" (they are on since {s.enabled_since})"
+                                      if s.enabled and s.enabled_since else ""))
         return daily.deliver_day(self.config, account_id, day, now=self.clock, replace=True,
                                  attempts=3, backoff=Backoff(base=0.5, cap=5), actor=p.actor)
 
@@ -161,7 +176,8 @@ def error_response(exc: AdminError) -> Response:
 async def read_json(request: Request) -> dict[str, Any]:
     """The request's JSON object (an empty body is ``{}``), read within :data:`MAX_BODY`."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+    if declared is not None and re.fullmatch(r"[0-9]{1,19}", declared) \
+            and int(declared) > MAX_BODY:
         raise BadRequestError(f"body of {declared} bytes; at most {MAX_BODY} accepted")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -181,6 +197,15 @@ async def read_json(request: Request) -> dict[str, Any]:
     return body
 
 
+def _policy(body: dict[str, Any]) -> Any:
+    """The optional ``policy`` of a body: a JSON object, or JSON text."""
+    policy = body.pop("policy", None)
+    if policy is not None and not isinstance(policy, dict | str):
+        raise BadRequestError(f"policy must be a JSON object or JSON text, not "
+                              f"{type(policy).__name__}")
+    return policy
+
+
 def _report(report: location.LocationReport) -> dict[str, Any]:
     return report.as_dict()
 
@@ -191,28 +216,24 @@ class AdminApi:
     def __init__(self, admin: Admin, auth: Authenticator) -> None:
         self.admin, self.auth = admin, auth
         a = "/admin/v1/accounts/{account_id}"
+        route = self._route
         self.router = Router(routes=[
-            Route("/admin/v1/accounts", self._wrap(self.list_accounts)),
-            Route(a, self._wrap(self.get_account)),
-            Route(f"{a}/settings", self._wrap(self.get_settings), methods=["GET"]),
-            Route(f"{a}/settings", self._wrap(self.patch_settings), methods=["PATCH", "PUT"]),
-            Route(f"{a}/settings/validate", self._wrap(self.validate), methods=["POST"]),
-            Route(f"{a}/deliveries", self._wrap(self.deliveries)),
-            Route(f"{a}/deliveries/{{day}}/replace", self._wrap(self.replace), methods=["POST"]),
-            Route(f"{a}/audit", self._wrap(self.audit)),
-            Route(f"{a}/tokens", self._wrap(self.tokens)),
+            route("/admin/v1/accounts", GET=self.list_accounts),
+            route(a, GET=self.get_account),
+            route(f"{a}/settings", GET=self.get_settings, PATCH=self.patch_settings),
+            route(f"{a}/settings/validate", POST=self.validate),
+            route(f"{a}/deliveries", GET=self.deliveries),
+            route(f"{a}/deliveries/{{day}}/replace", POST=self.replace),
+            route(f"{a}/audit", GET=self.audit),
+            route(f"{a}/tokens", GET=self.tokens),
         ])
-        self.router.default = self._not_found
+        self.router.default = self._no_route
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.router(scope, receive, send)
 
-    async def _not_found(self, scope: Any, receive: Any, send: Any) -> None:
-        exc = NotFoundError(f"no admin operation at {scope['method']} {scope['path']}; "
-                            "see /openapi.json")
-        await error_response(exc)(scope, receive, send)
-
     def principal(self, request: Request) -> Principal:
+        """The admin calling, or Unauthorized/Forbidden (before anything else is looked at)."""
         header = request.headers.get("authorization")
         if not header:
             raise UnauthorizedError("missing Authorization header; send 'Authorization: Bearer "
@@ -223,22 +244,48 @@ class AdminApi:
         found = self.auth.lookup(token.strip())
         if found is None:
             raise UnauthorizedError("the token is unknown, revoked or expired")
+        if found.kind != "admin":
+            raise ForbiddenError("a telemetry token cannot use the admin API; "
+                                 "use an admin token (kiro-activity tokens issue --admin)")
         return found
 
-    def _wrap(self, handler: Callable[..., Any]) -> Callable[[Request], Any]:
+    def _route(self, path: str, **handlers: Callable[..., Any]) -> Route:
+        """A route that takes every method: authenticate, pick the handler of the method (a
+        405 in the JSON error shape when there is none), answer JSON."""
         async def endpoint(request: Request) -> Response:
-            try:
-                p = self.principal(request)
-                status, body = await handler(request, p, **request.path_params)
-                return json_response(status, body)
-            except SettingsRejected as exc:
-                return error_response(BadRequestError(
-                    "settings not saved", problems=exc.problems, warnings=exc.warnings))
-            except AdminError as exc:
-                return error_response(exc)
-            except (UsageError, KiroActivityError) as exc:
-                return error_response(BadRequestError(str(exc)))
-        return endpoint
+            return await self._answer(request, handlers)
+        return Route(path, endpoint, methods=ANY_METHOD)
+
+    async def _no_route(self, scope: Any, receive: Any, send: Any) -> None:
+        response = await self._answer(Request(scope, receive), {})
+        await response(scope, receive, send)
+
+    async def _answer(self, request: Request,
+                      handlers: dict[str, Callable[..., Any]]) -> Response:
+        try:
+            p = self.principal(request)
+            if not handlers:
+                raise NotFoundError(f"no admin operation at {request.url.path}; "
+                                    "see /openapi.json")
+            handler = handlers.get(request.method)
+            if handler is None:
+                raise MethodNotAllowedError(f"{request.url.path} takes "
+                                            f"{', '.join(handlers)}, not {request.method}")
+            status, body = await handler(request, p, **request.path_params)
+            return json_response(status, body)
+        except SettingsRejected as exc:
+            return error_response(BadRequestError(
+                "settings not saved", problems=exc.problems, warnings=exc.warnings))
+        except SettingsConflict as exc:
+            return error_response(ConflictError(str(exc)))
+        except AdminError as exc:
+            return error_response(exc)
+        except KiroActivityError as exc:
+            return error_response(BadRequestError(str(exc)))
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            return error_response(AdminServerError("internal error; the service log has the "
+                                                   "details"))
 
     async def list_accounts(self, request: Request, p: Principal) -> tuple[int, object]:
         found = await run_in_threadpool(self.admin.accounts, p)
@@ -259,7 +306,7 @@ class AdminApi:
                              account_id: str) -> tuple[int, object]:
         self.admin.authorise(p, account_id)
         body = await read_json(request)
-        policy = body.pop("policy", None)
+        policy = _policy(body)
         saved, report = await run_in_threadpool(self.admin.change, p, account_id, body, policy)
         return 200, {"settings": saved.as_dict(), "validation": _report(report)}
 
@@ -267,7 +314,7 @@ class AdminApi:
                        account_id: str) -> tuple[int, object]:
         self.admin.authorise(p, account_id)
         body = await read_json(request)
-        policy = body.pop("policy", None)
+        policy = _policy(body)
         changes = body.pop("settings", None)
         if body:
             raise BadRequestError(f"unknown field(s) {sorted(body)}; send settings and policy")
@@ -301,7 +348,7 @@ class AdminApi:
         found = await run_in_threadpool(self.admin.tokens, p, account_id)
         return 200, {"tokens": [{
             "token_id": t.token_id, "kind": t.kind, "user": t.principal,
-            "accounts": list(t.scopes) or [t.account_id],
+            "administers": account_id if t.kind == "admin" else None,
             "created_at": store.iso(t.created_at), "expires_at": store.iso(t.expires_at),
             "revoked_at": store.iso(t.revoked_at)} for t in found]}
 
@@ -314,7 +361,7 @@ def _int_param(request: Request, name: str, default: int, low: int, high: int) -
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not re.fullmatch(r"[0-9]{1,19}", raw) or not low <= int(raw) <= high:
         raise BadRequestError(f"query parameter {name}={raw!r} must be an integer from {low} "
                               f"to {high}")
     return int(raw)

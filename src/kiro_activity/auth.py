@@ -64,6 +64,8 @@ class Authenticator:
 
     def lookup(self, token: str) -> Principal | None:
         """The live principal of a token, or None (unknown, revoked or expired)."""
+        if len(token) != store.TOKEN_LENGTH or not token.startswith(store.TOKEN_PREFIX):
+            return None  # not a token we issue: nothing to look up (or to cache)
         self._refresh()
         now = self._clock()
         if token in self._cache:

@@ -10,6 +10,7 @@ nothing new is rendered. ``--replace`` plans the day again on purpose and overwr
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -24,6 +25,8 @@ from .deliver import Backoff, Destination, LocalDestination, S3Destination, put_
 from .errors import DeliveryError, UsageError
 from .report import Drop, build_drop
 from .store import Account, connect, record, require_account, transaction
+
+DAY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 @dataclass
@@ -52,6 +55,11 @@ def destination_for(config: Config, account: Account,
 def closed(day: date, now: float) -> bool:
     """Day D is closed from 00:00 UTC of D+1."""
     return datetime.fromtimestamp(now, UTC).date() > day
+
+
+def planned(conn: sqlite3.Connection, account_id: str, day: date) -> bool:
+    """Whether the day's report was ever planned (and so may be produced again)."""
+    return _plan_row(conn, account_id, day) is not None
 
 
 def _plan_row(conn: sqlite3.Connection, account_id: str, day: date) -> tuple[object, ...] | None:
@@ -226,8 +234,15 @@ def status(conn: sqlite3.Connection, account_id: str) -> dict[str, object]:
 
 
 def check_day(day_text: str) -> date:
+    """A UTC day written YYYY-MM-DD (nothing else that Python would also read as a date)."""
+    if not DAY_RE.fullmatch(day_text):
+        raise UsageError(f"date {day_text!r} is not YYYY-MM-DD")
     try:
-        return date.fromisoformat(day_text)
+        day = date.fromisoformat(day_text)
     except ValueError:
-        raise UsageError(f"date {day_text!r} is not YYYY-MM-DD") from None
+        raise UsageError(f"date {day_text!r} is not a day of the calendar (YYYY-MM-DD)"
+                         ) from None
+    if day.year < 2000:
+        raise UsageError(f"date {day_text!r} is before 2000: no report can exist for it")
+    return day
 

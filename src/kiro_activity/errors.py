@@ -16,9 +16,12 @@
     │   ├── ForbiddenError              403  a telemetry token, or an account the admin lacks
     │   ├── BadRequestError             400  malformed body, bad value, invalid settings
     │   ├── NotFoundError               404  no such admin endpoint
-    │   └── ConflictError               409  a day that is not closed yet
+    │   ├── MethodNotAllowedError       405  the endpoint does not take this method
+    │   ├── ConflictError               409  a day not closed yet, or a change saved meanwhile
+    │   └── AdminServerError            500  our fault
     ├── UsageError                      a CLI/library caller asked for something impossible
-    │   └── SettingsRejected            settings that fail validation, with every problem
+    │   ├── SettingsRejected            settings that fail validation, with every problem
+    │   └── SettingsConflict            another change was saved while these were checked
     └── DeliveryError                   a report object could not be put at its destination
         ├── TransientDeliveryError      throttling, 5xx, connection: retry with backoff
         └── ConfigurationDeliveryError  403, no bucket, wrong owner, KMS denied, wrong Region:
@@ -144,6 +147,20 @@ class NotFoundError(AdminError):
     type_name = "NotFound"
 
 
+class MethodNotAllowedError(AdminError):
+    """405: the endpoint exists but not with this method."""
+
+    status = 405
+    type_name = "MethodNotAllowed"
+
+
+class AdminServerError(AdminError):
+    """500: our fault; the service log has the details."""
+
+    status = 500
+    type_name = "InternalError"
+
+
 class ConflictError(AdminError):
     """409: the request is valid but not now (a day that is not closed yet)."""
 
@@ -163,6 +180,10 @@ class SettingsRejected(UsageError):
         self.problems = problems
         self.warnings = warnings or []
         super().__init__("settings not saved:\n" + "\n".join(f"- {m}" for _, m in problems))
+
+
+class SettingsConflict(UsageError):
+    """Another change of the same settings was saved while these were being checked."""
 
 
 class DeliveryError(KiroActivityError):

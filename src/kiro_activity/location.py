@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -56,7 +56,8 @@ class LocationReport:
 
     problems: list[Finding]
     warnings: list[Finding]
-    manifest_allowed: bool = True
+    #: whether the policy lets the writer put the manifest; None: the policy was not evaluated
+    manifest_allowed: bool | None = None
     region: str | None = None
 
     @property
@@ -146,7 +147,7 @@ class _Target:
 class _Findings:
     problems: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
-    manifest_allowed: bool = True
+    manifest_allowed: bool | None = None
     region: str | None = None
 
     def problem(self, check: str, message: str) -> None:
@@ -219,7 +220,16 @@ def _unverified(what: str, t: _Target, probe: _Probe) -> str:
     return f"the {what} of bucket {t.bucket} is not verified ({probe.detail})"
 
 
+def _unreachable(found: _Findings, t: _Target, detail: str) -> None:
+    """S3 did not answer (network, 5xx, throttling): nothing is verified, so nothing passes."""
+    found.problem("s3", f"could not reach S3 to check bucket {t.bucket} ({detail}): the "
+                        "location cannot be verified now; try again once S3 answers")
+
+
 def _not_verified(found: _Findings, t: _Target, probe: _Probe) -> None:
+    if probe.state == "error":
+        _unreachable(found, t, probe.detail)
+        return
     if found.region is None:
         found.warn("region", f"{_unverified('Region', t, probe)}; delivery reports a Region "
                              "mismatch as a configuration error")
@@ -237,8 +247,7 @@ def _check_owner(found: _Findings, s3: Any, t: _Target) -> str:
     if owner.state == "ok":
         return "ok"
     detail = "the bucket no longer exists" if owner.state == "missing" else owner.detail
-    found.warn("owner", f"{_unverified('owner', t, _Probe('error', None, detail))}; delivery "
-                        "enforces the owner with ExpectedBucketOwner")
+    _unreachable(found, t, detail)
     return "error"
 
 
@@ -270,8 +279,15 @@ def _parse_policy(found: _Findings,
                   raw: Mapping[str, Any] | str | bytes) -> Mapping[str, Any] | None:
     if isinstance(raw, Mapping):
         return raw
+    if not isinstance(raw, str | bytes):
+        found.problem("policy", f"the policy must be a JSON object or JSON text, not "
+                                f"{type(raw).__name__}")
+        return None
     try:
         doc = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except RecursionError:
+        found.problem("policy", "the policy is nested too deeply to be a bucket policy")
+        return None
     except UnicodeDecodeError as exc:
         found.problem("policy", f"the policy is not valid UTF-8 (byte {exc.start}): "
                                 "save it as UTF-8 JSON")
@@ -286,7 +302,10 @@ def _parse_policy(found: _Findings,
     return doc
 
 
-def _read_policy(found: _Findings, s3: Any, t: _Target) -> Mapping[str, Any] | None:
+def _read_policy(found: _Findings, s3: Any, t: _Target,
+                 quiet: bool) -> tuple[Mapping[str, Any] | None, bool]:
+    """The bucket's own policy, and whether S3 told us what it is (a policy, or none at all).
+    ``quiet``: a copy was given, so a read that is not allowed is not worth a warning."""
     try:
         text = s3.get_bucket_policy(Bucket=t.bucket,
                                     ExpectedBucketOwner=t.account.account_id)["Policy"]
@@ -297,27 +316,24 @@ def _read_policy(found: _Findings, s3: Any, t: _Target) -> Mapping[str, Any] | N
             found.problem("policy", f"bucket {t.bucket} has no bucket policy, so the report "
                                     f"writer {t.writer} cannot put objects; put this bucket "
                                     f"policy: {_compact(policy)}")
-        elif code == "AccessDenied" or status == 403:
-            found.warn("policy", f"bucket policy not verified: reading the policy of bucket "
-                                 f"{t.bucket} is denied to these credentials (it needs "
-                                 "s3:GetBucketPolicy); pass --policy-file to check a copy")
+            return None, True
+        if code == "AccessDenied" or status == 403:
+            if not quiet:
+                found.warn("policy", f"bucket policy not verified: reading the policy of bucket "
+                                     f"{t.bucket} is denied to these credentials (it needs "
+                                     "s3:GetBucketPolicy); pass --policy-file to check a copy")
         else:
-            _policy_unreachable(found, t, code)
-        return None
+            _unreachable(found, t, code)
+        return None, False
     except NoCredentialsError:
-        found.warn("policy", "bucket policy not verified: no AWS credentials were found; "
-                             "pass --policy-file to check a copy")
-        return None
+        if not quiet:
+            found.warn("policy", "bucket policy not verified: no AWS credentials were found; "
+                                 "pass --policy-file to check a copy")
+        return None, False
     except BotoCoreError as exc:
-        _policy_unreachable(found, t, type(exc).__name__)
-        return None
-    return _parse_policy(found, text)
-
-
-def _policy_unreachable(found: _Findings, t: _Target, detail: str = "") -> None:
-    found.warn("policy", f"could not reach S3 to verify the bucket policy of {t.bucket}"
-                         f"{': ' + detail if detail else ''}; run validate again or pass "
-                         "--policy-file")
+        _unreachable(found, t, type(exc).__name__)
+        return None, False
+    return _parse_policy(found, text), True
 
 
 def _csv_refused(t: _Target, verdict: Verdict) -> str:
@@ -345,22 +361,24 @@ def _evaluate(found: _Findings, t: _Target, policy: Mapping[str, Any]) -> None:
 
 def _check_policy(found: _Findings, s3: Any, t: _Target,
                   given: Mapping[str, Any] | str | bytes | None, access: str) -> None:
-    if access == "missing":
+    """The bucket's own policy when S3 shows it; the given copy only when it cannot be read
+    (a copy never overrides the policy the bucket really has)."""
+    if access in ("missing", "error"):
         return
-    if given is not None:
+    if access in ("ok", "denied") and s3 is not None:
+        policy, known = _read_policy(found, s3, t, quiet=given is not None)
+        if known:
+            if policy is not None:
+                _evaluate(found, t, policy)
+            if given is not None and _parse_policy(_Findings(), given) != policy:
+                found.warn("policy", f"the policy given is not the one bucket {t.bucket} has; "
+                                     "the bucket's own policy was checked: apply the new "
+                                     "policy to the bucket, then validate again")
+            return
+    if given is not None:  # the bucket's own policy is out of reach (reading it warned)
         policy = _parse_policy(found, given)
-    elif access in ("ok", "denied") and s3 is not None:
-        # HeadBucket needs s3:ListBucket; an admin may still be allowed s3:GetBucketPolicy
-        policy = _read_policy(found, s3, t)
-    else:
-        if access == "denied":
-            found.warn("policy", f"bucket policy not verified: bucket {t.bucket} could not be "
-                                 "read with these credentials; pass --policy-file to check it")
-        elif access == "error":
-            _policy_unreachable(found, t)
-        return
-    if policy is not None:
-        _evaluate(found, t, policy)
+        if policy is not None:
+            _evaluate(found, t, policy)
 
 
 # --- the whole check ---------------------------------------------------------------------------
@@ -410,6 +428,6 @@ def check_location(uri: str, account: Account, *, layout: str = "documented",
         return found.report()
     bucket, prefix = split_location(uri)
     target = _Target(bucket, prefix, account, layout, sse, kms_key_arn, writer,
-                     today or date.today())
+                     today or datetime.now(UTC).date())
     _check_remote(found, client, target, policy)
     return found.report()

@@ -17,7 +17,7 @@ from datetime import date
 from typing import Any
 
 from . import location, s3uri
-from .errors import SettingsRejected, UsageError
+from .errors import SettingsConflict, SettingsRejected, UsageError
 from .metrics import LAYOUTS
 from .store import record, require_account, transaction
 
@@ -224,44 +224,80 @@ def merge(current: Settings, changes: Mapping[str, Any], region: str | None = No
     return replace(current, **values)
 
 
+#: the settings that decide where and how objects are put: a change to any of them is checked
+LOCATION = ("s3_uri", "layout", "sse", "kms_key_arn")
+
+
+def _location(s: Settings) -> tuple[object, ...]:
+    return tuple(getattr(s, name) for name in LOCATION)
+
+
+def _needs_check(current: Settings, wanted: Settings) -> bool:
+    """Check the location when it changes or reports are switched on; turning reports off,
+    or saving what is already saved, never waits on (or is refused by) a bucket."""
+    return _location(wanted) != _location(current) or (wanted.enabled and not current.enabled)
+
+
+def _manifest(report: location.LocationReport, wanted: Settings, current: Settings) -> bool:
+    """Whether manifests are written: what the policy said, else what was known before for
+    the same location, else yes (the documented policy allows the manifest)."""
+    if wanted.s3_uri is None:
+        return True
+    if report.manifest_allowed is not None:
+        return report.manifest_allowed
+    return current.manifest if _location(wanted) == _location(current) else True
+
+
 def update(conn: sqlite3.Connection, account_id: str, changes: Mapping[str, Any], *,
            actor: str, now: float, today: date, writer: str, policy: Any = None,
            client: Any = None, checker: Checker | None = None,
            ) -> tuple[Settings, location.LocationReport]:
     """Validate the changed settings (bucket checks included) and save them, or refuse.
 
-    Raises SettingsRejected with every problem (nothing saved). On success the warnings are
-    saved with the settings, and the change is written to the audit log in the same
-    transaction.
+    Raises SettingsRejected with every problem (nothing saved), or SettingsConflict when
+    another change of the location was saved while this one was being checked. On success
+    the warnings are saved with the settings, and the change is written to the audit log in
+    the same transaction.
     """
     account = require_account(conn, account_id)
-    wanted = merge(get(conn, account_id), changes, account.region)
-    report = check(wanted, account, writer=writer, policy=policy, client=client,
-                   checker=checker)
+    current = get(conn, account_id)
+    wanted = merge(current, changes, account.region)
+    checked = _needs_check(current, wanted)
+    report = (check(wanted, account, writer=writer, policy=policy, client=client,
+                    checker=checker) if checked
+              else location.LocationReport([], [], manifest_allowed=current.manifest))
     if not report.valid:
         raise SettingsRejected([(f.check, f.message) for f in report.problems],
                                [(f.check, f.message) for f in report.warnings])
-    wanted = replace(wanted, manifest=report.manifest_allowed or wanted.s3_uri is None,
-                     warnings=tuple(f.message for f in report.warnings))
     with transaction(conn):
-        current = get(conn, account_id)  # as of this transaction, for the audit entry
+        latest = get(conn, account_id)  # as of this transaction: others may have saved
+        fresh = merge(latest, changes, account.region)
+        if _location(fresh) != _location(wanted) or (
+                fresh.enabled and not latest.enabled and not checked):
+            raise SettingsConflict(
+                "the settings were changed by someone else while these were being checked; "
+                "look at them again and retry")
+        warnings = (tuple(f.message for f in report.warnings) if checked
+                    else latest.warnings)
         # reports cover the days from the one the switch was turned on (as it stands now)
-        since = (current.enabled_since or today) if current.enabled else today
-        wanted = replace(wanted, enabled_since=since if wanted.enabled else None)
-        _save(conn, wanted, now)
-        before, after = current.values(), wanted.values()
+        since = (latest.enabled_since or today) if latest.enabled else today
+        fresh = replace(fresh, enabled_since=since if fresh.enabled else None,
+                        manifest=_manifest(report, fresh, latest), warnings=warnings)
+        _save(conn, fresh, now)
+        before, after = latest.values(), fresh.values()
         changed = [k for k in after if before[k] != after[k]]
         if changed:
             record(conn, now=now, account_id=account_id, actor=actor, action="settings.update",
                    target="settings", before={k: before[k] for k in changed},
                    after={k: after[k] for k in changed})
-    return wanted, report
+    return fresh, report
 
 
 def validate(conn: sqlite3.Connection, account_id: str, *, writer: str, policy: Any = None,
-             client: Any = None, checker: Checker | None = None,
-             now: float) -> location.LocationReport:
-    """Run every check again on the saved settings; keep what it found (manifest, warnings)."""
+             client: Any = None, checker: Checker | None = None, now: float,
+             actor: str = "validate") -> location.LocationReport:
+    """Run every check again on the saved settings; keep what it found (manifest, warnings),
+    and note in the audit log when that changes whether manifests are written."""
     account = require_account(conn, account_id)
     current = get(conn, account_id)
     report = check(current, account, writer=writer, policy=policy, client=client,
@@ -270,9 +306,13 @@ def validate(conn: sqlite3.Connection, account_id: str, *, writer: str, policy: 
         with transaction(conn):
             latest = get(conn, account_id)
             if latest.values() == current.values():
-                _save(conn, replace(latest, manifest=report.manifest_allowed
-                                    or latest.s3_uri is None,
+                manifest = _manifest(report, latest, latest)
+                _save(conn, replace(latest, manifest=manifest,
                                     warnings=tuple(f.message for f in report.warnings)), now)
+                if manifest != latest.manifest:
+                    record(conn, now=now, account_id=account_id, actor=actor,
+                           action="settings.validate", target="manifest",
+                           before={"manifest": latest.manifest}, after={"manifest": manifest})
     return report
 
 

@@ -122,6 +122,7 @@ PROFILE_ARN_RE = re.compile(
     r"arn:aws:codewhisperer:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):profile/[A-Za-z0-9]{12}"
 )
 TOKEN_PREFIX = "kat_"
+TOKEN_LENGTH = len(TOKEN_PREFIX) + 43  # 32 random bytes, base64url
 USER_RE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 
 
@@ -370,10 +371,9 @@ def issue_tokens(
             token_id = cur.lastrowid
             after: dict[str, object] = {"token_id": token_id, "kind": kind, "user": name,
                      "expires_at": iso(expires_at)}
-            if kind == "admin":
+            if kind == "admin":  # each account's log names no other account
                 conn.executemany("INSERT INTO token_scopes VALUES (?, ?)",
                                  [(token_id, a) for a in accounts])
-                after["accounts"] = accounts
             for account in accounts:
                 record(conn, now=now, account_id=account, actor=actor, action="token.issue",
                        target=f"token {token_id}", after=after)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route, Router
@@ -29,10 +32,19 @@ from starlette.routing import Route, Router
 from . import settings as settings_mod
 from . import store
 from .admin import Admin
-from .errors import AdminError, ForbiddenError, KiroActivityError, SettingsRejected
+from .errors import (
+    AdminError,
+    BadRequestError,
+    ForbiddenError,
+    KiroActivityError,
+    SettingsConflict,
+    SettingsRejected,
+)
 from .store import Principal
 
+log = logging.getLogger(__name__)
 COOKIE = "kat_session"
+DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -115,10 +127,7 @@ class WebPages:
     async def checked_form(self, request: Request, session_id: str) -> FormData:
         """The POSTed form, once its origin and CSRF token are right."""
         _check_origin(request)
-        declared = request.headers.get("content-length", "0")
-        if not declared.isdigit() or int(declared) > MAX_FORM:
-            raise ForbiddenError(f"form over {MAX_FORM} bytes")
-        form = await request.form(max_files=0, max_fields=100, max_part_size=MAX_FORM)
+        form = await read_form(request, max_fields=100)
         sent = form.get("csrf")
         if not isinstance(sent, str) or not hmac.compare_digest(sent, csrf_token(session_id)):
             raise ForbiddenError("the form's CSRF token is missing or wrong; reload the page "
@@ -128,6 +137,7 @@ class WebPages:
     def _page(self, handler: Callable[..., Any]) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
             principal: Principal | None = None
+            session_id: str | None = None
             try:
                 principal, session_id = await run_in_threadpool(self.session, request)
                 response: Response = await handler(request, principal, session_id,
@@ -135,13 +145,25 @@ class WebPages:
                 return response
             except Redirect as r:
                 return RedirectResponse(r.location, 303, headers=SECURITY_HEADERS)
+            except SettingsConflict as exc:
+                return self._error(409, "Conflict", str(exc), principal, session_id)
             except AdminError as exc:
-                return self.render("error.html", exc.status, title=exc.type_name,
-                                   message=exc.message, principal=principal)
+                return self._error(exc.status, exc.type_name, exc.message, principal,
+                                   session_id)
             except KiroActivityError as exc:
-                return self.render("error.html", 400, title="Bad request", message=str(exc),
-                                   principal=principal)
+                return self._error(400, "Bad request", str(exc), principal, session_id)
+            except Exception:
+                log.exception("unexpected error on %s %s", request.method, request.url.path)
+                return self._error(500, "Internal error",
+                                   "Something went wrong on our side; the service log has the "
+                                   "details.", principal, session_id)
         return endpoint
+
+    def _error(self, status: int, title: str, message: str, principal: Principal | None,
+               session_id: str | None) -> HTMLResponse:
+        csrf = csrf_token(session_id) if principal is not None and session_id else ""
+        return self.render("error.html", status, title=title, message=message,
+                           principal=principal, csrf=csrf)
 
     # --- pages ------------------------------------------------------------------------------
 
@@ -157,38 +179,49 @@ class WebPages:
     async def login(self, request: Request) -> Response:
         try:
             _check_origin(request)
-        except ForbiddenError as exc:
-            return self.render("error.html", 403, title="Forbidden", message=exc.message,
-                               principal=None)
-        form = await request.form(max_files=0, max_fields=10, max_part_size=8192)
+            form = await read_form(request, max_fields=10)
+        except AdminError as exc:
+            return self.render("error.html", exc.status, title=exc.type_name,
+                               message=exc.message, principal=None)
         token = str(form.get("token") or "").strip()
         target = _safe_next(str(form.get("next") or ""))
-        with self._conn() as conn:
-            p = store.lookup_token(conn, token, now=self.admin.clock()) if token else None
-            if p is None or p.kind != "admin":
-                error = ("That is a telemetry token; log in with an admin token."
-                         if p is not None else "That token is unknown, revoked or expired.")
-                return self.render("login.html", 401, next=target, error=error, principal=None)
-            session_id = store.open_session(conn, p, now=self.admin.clock())
+        p, session_id = await run_in_threadpool(self._open_session, token)
+        if session_id is None:
+            error = ("That is a telemetry token; log in with an admin token."
+                     if p is not None else "That token is unknown, revoked or expired.")
+            return self.render("login.html", 401, next=target, error=error, principal=None)
         response = RedirectResponse(target, 303, headers=SECURITY_HEADERS)
         response.set_cookie(COOKIE, session_id, max_age=store.SESSION_SECONDS, path="/admin",
                             httponly=True, samesite="strict",
                             secure=request.url.scheme == "https")
         return response
 
+    def _open_session(self, token: str) -> tuple[Principal | None, str | None]:
+        """(the token's principal, a new session id when it is an admin's)."""
+        if not token:
+            return None, None
+        with self._conn() as conn:
+            p = store.lookup_token(conn, token, now=self.admin.clock())
+            if p is None or p.kind != "admin":
+                return p, None
+            return p, store.open_session(conn, p, now=self.admin.clock())
+
     async def logout(self, request: Request) -> Response:
         session_id = request.cookies.get(COOKIE)
         if session_id:
             try:
                 await self.checked_form(request, session_id)
-            except ForbiddenError as exc:
-                return self.render("error.html", 403, title="Forbidden", message=exc.message,
-                                   principal=None)
-            with self._conn() as conn:
-                store.close_session(conn, session_id)
+            except AdminError as exc:
+                return self.render("error.html", exc.status, title=exc.type_name,
+                                   message=exc.message, principal=None)
+            await run_in_threadpool(self._close_session, session_id)
         response = RedirectResponse("/admin/login", 303, headers=SECURITY_HEADERS)
         response.delete_cookie(COOKIE, path="/admin")
         return response
+
+    def _close_session(self, session_id: str) -> None:
+        with self._conn() as conn:
+            store.close_session(conn, session_id)
 
     async def index(self, request: Request, p: Principal, session_id: str) -> Response:
         rows = await run_in_threadpool(self._overview, p)
@@ -219,7 +252,7 @@ class WebPages:
         params = request.query_params
         if notice is None and params.get("saved"):
             notice = "Settings saved."
-        elif notice is None and params.get("replaced"):
+        elif notice is None and DAY.fullmatch(params.get("replaced", "")):
             notice = f"The report of {params['replaced']} was produced and delivered again."
         return self.render(
             "account.html", status, principal=p, csrf=csrf_token(session_id), account=account,
@@ -292,8 +325,24 @@ def _form_values(form: FormData) -> dict[str, Any]:
     return values
 
 
+async def read_form(request: Request, *, max_fields: int) -> FormData:
+    """A posted form within bounds, or a 400 that says what is wrong."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not re.fullmatch(r"[0-9]{1,19}", declared)
+                                 or int(declared) > MAX_FORM):
+        raise BadRequestError(f"the form is over {MAX_FORM} bytes")
+    try:
+        return await request.form(max_files=0, max_fields=max_fields, max_part_size=MAX_FORM)
+    except MultiPartException as exc:
+        raise BadRequestError(f"the form could not be read: {exc.message}") from None
+
+
 def _check_origin(request: Request) -> None:
-    """Refuse a POST whose Origin (when the browser sends one) is another site."""
+    """Refuse a POST that a browser says comes from another site (Sec-Fetch-Site), or whose
+    Origin is another site."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise ForbiddenError(f"a form of another site ({site}) cannot post here")
     origin = request.headers.get("origin")
     if origin is None:
         return
