@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import random
+import re
+import time
 from pathlib import Path
 
 import orjson
 
 from conftest import ACCOUNT, TARGET, Server, cli
+from kiro_activity import store
+from kiro_activity.config import Config
 from kiro_activity.simulate import request_body
 
 HEADERS = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": TARGET}
@@ -90,3 +94,21 @@ def test_events_summary(server: Server) -> None:
     out = cli(server.data_dir, "events", "--account", ACCOUNT)
     assert out.returncode == 0
     assert orjson.loads(out.stdout)[ACCOUNT]["events"] >= 1
+
+
+def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
+    """`make demo` in small: telemetry over HTTP, the day closed, reports delivered, and an
+    admin token that logs in to the pages."""
+    data = tmp_path / "demo"
+    r = cli(data, "demo", "--users", "12")
+    assert r.returncode == 0, r.stderr
+    reports = sorted((data / "reports").rglob("*.csv"))
+    assert len(reports) == 2  # one per demo account
+    assert all(p.read_text().count("\n") >= 2 for p in reports)  # a header and users
+    token = re.search(r"log in with this admin token \(shown once\): (kat_[\w-]{43})",
+                      r.stderr.replace("\n", " "))
+    assert token is not None
+    conn = store.connect(Config(data_dir=data).control_db)
+    p = store.lookup_token(conn, token.group(1), now=time.time())
+    conn.close()
+    assert p is not None and p.kind == "admin" and len(p.scopes) == 2

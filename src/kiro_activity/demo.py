@@ -189,8 +189,19 @@ def _reports(console: Console, config: Config, day: date) -> None:
     for path in sorted(root.rglob(f"*{day:%Y%m%d}0000*")):
         console.print(f"  {path.relative_to(root)}  ({path.stat().st_size} bytes)",
                       soft_wrap=True)
-    console.print("Status: kiro-activity --data-dir " + str(config.data_dir)
-                  + " report status --account 111122223333")
+    console.print(f"Status: kiro-activity --data-dir {config.data_dir} report status "
+                  f"--account {ACCOUNTS[0][0]}", soft_wrap=True)
+    conn = store.connect(config.control_db)
+    try:
+        [(_, token)] = store.issue_tokens(conn, ACCOUNTS[0][0], ["demo-admin"], now=time.time(),
+                                          actor="demo", kind="admin",
+                                          scopes=[a for a, _, _ in ACCOUNTS[1:]])
+    finally:
+        conn.close()
+    console.print("Admin pages (settings, delivery status, audit): run "
+                  f"'kiro-activity --data-dir {config.data_dir} serve', open "
+                  "http://127.0.0.1:8080/admin/ and log in with this admin token "
+                  f"(shown once): {token}", soft_wrap=True)
 
 
 def _summary(console: Console, config: Config, port: int, total: int,
@@ -210,4 +221,4 @@ def _summary(console: Console, config: Config, port: int, total: int,
     console.print(f"  control state (accounts, token hashes): {config.control_db}")
     console.print(f"  landing log (every acknowledged event): {config.landing_db}")
     console.print(f"API description: http://127.0.0.1:{port}/openapi.json (while serving)")
-    console.print("Serve again with: kiro-activity serve --data-dir " + str(config.data_dir))
+    console.print(f"Serve again with: kiro-activity --data-dir {config.data_dir} serve")
