@@ -268,3 +268,48 @@ def test_the_manifest_flag_is_kept_when_the_policy_cannot_be_read(conn: Any) -> 
     [entry, *_] = store.audit_log(conn, ACCOUNT)
     assert (entry.action, entry.before, entry.after) == (
         "settings.validate", {"manifest": True}, {"manifest": False})
+
+
+def test_cli_checks_a_real_bucket(tmp_path: Path, aws_env: None, moto_url: str,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """settings set / validate against a bucket on moto's server, with and without a policy
+    file, with and without credentials."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)
+    s3 = boto3.session.Session().client("s3", region_name=REGION)
+    bucket = f"kiro-cli-{time.time_ns()}"
+    s3.create_bucket(Bucket=bucket)
+    setup_accounts(tmp_path)
+    uri = f"s3://{bucket}/reports/"
+    refused = cli(tmp_path, "settings", "set", ACCOUNT, "--enable", "--s3-uri", uri)
+    assert refused.returncode == 1 and "has no bucket policy" in refused.stderr
+    policy = location.documented_policy(bucket, "reports", ACC)
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    saved = cli(tmp_path, "settings", "set", ACCOUNT, "--enable", "--s3-uri", uri)
+    assert saved.returncode == 0, saved.stderr
+    assert json.loads(saved.stdout)["s3_uri"] == uri and "warning" not in saved.stderr
+    ok = cli(tmp_path, "settings", "validate", ACCOUNT, "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["valid"] is True
+    # the admin narrows the policy to another prefix: validate says so, and exits 1
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(
+        location.documented_policy(bucket, "elsewhere", ACC)))
+    bad = cli(tmp_path, "settings", "validate", ACCOUNT)
+    assert bad.returncode == 1 and "problem [policy]" in bad.stderr
+    assert "not valid" in bad.stdout
+    # a policy file does not override the bucket's own policy when that can be read
+    good_file = tmp_path / "policy.json"
+    good_file.write_text(json.dumps(policy))
+    still = cli(tmp_path, "settings", "validate", ACCOUNT, "--policy-file", str(good_file))
+    assert still.returncode == 1 and "not the one bucket" in still.stderr
+    # without credentials the file is what is checked; Region and owner are warnings
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    blind = cli(tmp_path, "settings", "validate", ACCOUNT, "--policy-file", str(good_file))
+    assert blind.returncode == 0, blind.stderr
+    assert "warning [region]" in blind.stderr and "warning [owner]" in blind.stderr
+    broken = tmp_path / "broken.json"
+    broken.write_bytes(b"\xff\xfe{")
+    r = cli(tmp_path, "settings", "validate", ACCOUNT, "--policy-file", str(broken))
+    assert r.returncode == 1 and "not valid UTF-8" in r.stderr
+    s3.close()

@@ -291,7 +291,7 @@ def settings_set(ctx: click.Context, /, account_id: str, policy_file: Path | Non
     """
     now = time.time()
     changes = {k: v for k, v in values.items() if v is not None}
-    policy = policy_file.read_text(encoding="utf-8", errors="replace") if policy_file else None
+    policy = policy_file.read_bytes() if policy_file else None
     conn = _control(ctx)
     store.require_account(conn, account_id)
     try:
@@ -323,7 +323,7 @@ def settings_validate(ctx: click.Context, account_id: str, policy_file: Path | N
 
     Exits 0 only when the location is valid; warnings are printed and do not fail it.
     """
-    policy = policy_file.read_text(encoding="utf-8", errors="replace") if policy_file else None
+    policy = policy_file.read_bytes() if policy_file else None
     report = settings_mod.validate(_control(ctx), account_id, writer=ctx.obj.writer_principal,
                                    policy=policy, now=time.time())
     if as_json:
