@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from conftest import ACCOUNT, OTHER_ACCOUNT, Server, cli, make_server
-from kiro_activity import store
+from kiro_activity import audit, store
 
 A = f"/admin/v1/accounts/{ACCOUNT}"
 YESTERDAY = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
@@ -153,7 +153,7 @@ def test_change_settings_saves_and_audits(server: Server) -> None:
     conn = store.connect(server.config.control_db)
     assert conn.execute("SELECT count(*) FROM settings WHERE account_id = ?",
                         (OTHER_ACCOUNT,)).fetchone()[0] == 0
-    assert not [e for e in store.audit_log(conn, OTHER_ACCOUNT)
+    assert not [e for e in audit.audit_log(conn, OTHER_ACCOUNT)
                 if e.action == "settings.update"]
     conn.close()
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from conftest import ACCOUNT, OTHER_ACCOUNT, PROFILE, REGION, cli, setup_accounts
-from kiro_activity import location, openapi, settings, store
+from kiro_activity import audit, location, openapi, sessions, settings, store
 from kiro_activity.config import Config
 from kiro_activity.errors import SettingsConflict, SettingsRejected
 from kiro_activity.store import Account
@@ -73,7 +73,7 @@ def test_update_saves_audits_and_keeps_warnings(conn: Any) -> None:
     assert report.valid and saved.warnings == ("careful",) and saved.manifest is False
     again = settings.get(conn, ACCOUNT)
     assert again == saved and again.enabled_since == TODAY
-    [entry] = store.audit_log(conn, ACCOUNT)
+    [entry] = audit.audit_log(conn, ACCOUNT)
     assert entry.action == "settings.update" and entry.actor == "t"
     assert entry.before == {"enabled": False, "s3_uri": None}
     assert entry.after == {"enabled": True, "s3_uri": "s3://bucket-name/reports/"}
@@ -94,7 +94,7 @@ def test_update_saves_audits_and_keeps_warnings(conn: Any) -> None:
 
 
 def test_a_refused_change_lists_every_problem_and_changes_nothing(conn: Any) -> None:
-    before = (settings.get(conn, ACCOUNT), store.audit_log(conn, ACCOUNT))
+    before = (settings.get(conn, ACCOUNT), audit.audit_log(conn, ACCOUNT))
     with pytest.raises(SettingsRejected) as info:
         settings.update(conn, ACCOUNT, {"layout": "wide", "enabled": 1, "s3_uri": "s3://b",
                                         "sse": "aws:kms", "kms_key_arn": "alias/x"},
@@ -106,7 +106,7 @@ def test_a_refused_change_lists_every_problem_and_changes_nothing(conn: Any) -> 
     assert found["enabled"] == "enabled must be true or false, not 1\n"
     assert "is an alias" in found["kms"]
     assert "root of the bucket" in found["uri"] and "'b'" in found["uri"]
-    assert (settings.get(conn, ACCOUNT), store.audit_log(conn, ACCOUNT)) == before
+    assert (settings.get(conn, ACCOUNT), audit.audit_log(conn, ACCOUNT)) == before
 
 
 def test_a_location_that_fails_the_checks_is_not_saved(conn: Any) -> None:
@@ -186,9 +186,9 @@ def test_cli_admin_tokens(tmp_path: Path) -> None:
     conn = store.connect(Config(data_dir=tmp_path).control_db)
     assert store.lookup_token(conn, token, now=time.time()) is None
     for account in (ACCOUNT, OTHER_ACCOUNT):
-        actions = [e.action for e in store.audit_log(conn, account)]
+        actions = [e.action for e in audit.audit_log(conn, account)]
         assert actions == ["token.revoke", "token.issue"]
-        assert token not in json.dumps([e.as_dict() for e in store.audit_log(conn, account)])
+        assert token not in json.dumps([e.as_dict() for e in audit.audit_log(conn, account)])
     conn.close()
 
 
@@ -196,14 +196,14 @@ def test_sessions_end_with_their_token(conn: Any) -> None:
     [(_, token)] = store.issue_tokens(conn, ACCOUNT, ["ada"], now=1.0, actor="t", kind="admin")
     p = store.lookup_token(conn, token, now=2.0)
     assert p is not None and p.scopes == {ACCOUNT}
-    sid = store.open_session(conn, p, now=2.0)
-    assert store.session_principal(conn, sid, now=3.0) == p
-    assert store.session_principal(conn, sid, now=2.0 + store.SESSION_SECONDS) is None
-    assert store.session_principal(conn, sid + "x", now=3.0) is None
+    sid = sessions.open_session(conn, p, now=2.0)
+    assert sessions.session_principal(conn, sid, now=3.0) == p
+    assert sessions.session_principal(conn, sid, now=2.0 + sessions.SESSION_SECONDS) is None
+    assert sessions.session_principal(conn, sid + "x", now=3.0) is None
     stored = conn.execute("SELECT id_hash FROM sessions").fetchall()
     assert sid not in json.dumps(stored)
     store.revoke_tokens(conn, ACCOUNT, now=4.0, actor="t", principal="ada")
-    assert store.session_principal(conn, sid, now=5.0) is None
+    assert sessions.session_principal(conn, sid, now=5.0) is None
 
 
 def failing(uri: str, account: Account, **kw: Any) -> location.LocationReport:
@@ -252,7 +252,7 @@ def test_a_change_saved_meanwhile_is_not_undone(conn: Any) -> None:
     save(conn, {"enabled": True}, passing(True))
     saved = save(conn, {"s3_uri": "s3://bucket-name/p/"}, switcher)
     assert saved.enabled is False and saved.s3_uri == "s3://bucket-name/p/"
-    [newest, switched, *_] = store.audit_log(conn, ACCOUNT)
+    [newest, switched, *_] = audit.audit_log(conn, ACCOUNT)
     assert (switched.actor, switched.after) == ("other", {"enabled": False})
     assert (newest.actor, newest.after) == ("t", {"s3_uri": "s3://bucket-name/p/"})
 
@@ -265,7 +265,7 @@ def test_the_manifest_flag_is_kept_when_the_policy_cannot_be_read(conn: Any) -> 
     assert save(conn, {"s3_uri": "s3://bucket-name/q/"}, passing(None)).manifest is True
     report = settings.validate(conn, ACCOUNT, writer="w", now=2.0, checker=passing(False))
     assert report.valid and settings.get(conn, ACCOUNT).manifest is False
-    [entry, *_] = store.audit_log(conn, ACCOUNT)
+    [entry, *_] = audit.audit_log(conn, ACCOUNT)
     assert (entry.action, entry.before, entry.after) == (
         "settings.validate", {"manifest": True}, {"manifest": False})
 

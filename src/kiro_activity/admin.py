@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
-from . import daily, location, store
+from . import audit, daily, location, store
 from . import settings as settings_mod
 from .auth import Authenticator
 from .config import Config
@@ -143,10 +143,10 @@ class Admin:
                                  attempts=3, backoff=Backoff(base=0.5, cap=5), actor=p.actor)
 
     def audit(self, p: Principal, account_id: str, *, limit: int = 100,
-              before_id: int | None = None) -> list[store.AuditEntry]:
+              before_id: int | None = None) -> list[audit.AuditEntry]:
         self.authorise(p, account_id)
         with self._conn() as conn:
-            return store.audit_log(conn, account_id, limit=limit, before_id=before_id)
+            return audit.audit_log(conn, account_id, limit=limit, before_id=before_id)
 
     def tokens(self, p: Principal, account_id: str) -> list[store.TokenInfo]:
         self.authorise(p, account_id)
@@ -349,8 +349,8 @@ class AdminApi:
         return 200, {"tokens": [{
             "token_id": t.token_id, "kind": t.kind, "user": t.principal,
             "administers": account_id if t.kind == "admin" else None,
-            "created_at": store.iso(t.created_at), "expires_at": store.iso(t.expires_at),
-            "revoked_at": store.iso(t.revoked_at)} for t in found]}
+            "created_at": audit.iso(t.created_at), "expires_at": audit.iso(t.expires_at),
+            "revoked_at": audit.iso(t.revoked_at)} for t in found]}
 
 
 def _account(a: store.Account) -> dict[str, str]:

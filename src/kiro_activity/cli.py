@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from . import aggregate, daily, landing, metrics, store
+from . import aggregate, audit, daily, landing, metrics, store
 from . import settings as settings_mod
 from .config import Config
 from .deliver import Backoff
@@ -153,7 +153,7 @@ def tokens_issue(ctx: click.Context, accounts: tuple[str, ...], users: tuple[str
     now = time.time()
     expires = now + expires_in_days * 86400 if expires_in_days is not None else None
     issued = store.issue_tokens(_control(ctx), accounts[0], users, now=now, expires_at=expires,
-                                actor=store.local_actor(), kind="admin" if admin else "user",
+                                actor=audit.local_actor(), kind="admin" if admin else "user",
                                 scopes=accounts[1:])
     if len(issued) == 1:
         click.echo(issued[0][1])
@@ -172,7 +172,7 @@ def tokens_revoke(ctx: click.Context, account_id: str, user: str | None, token: 
                   token_id: int | None) -> None:
     """Revoke tokens; they are refused from the next request on."""
     n = store.revoke_tokens(_control(ctx), account_id, now=time.time(), principal=user,
-                            token=token, token_id=token_id, actor=store.local_actor())
+                            token=token, token_id=token_id, actor=audit.local_actor())
     click.echo(f"revoked {n} token(s)", err=True)
     if n == 0:
         sys.exit(1)
@@ -296,7 +296,7 @@ def settings_set(ctx: click.Context, /, account_id: str, policy_file: Path | Non
     store.require_account(conn, account_id)
     try:
         saved, report = settings_mod.update(
-            conn, account_id, changes, actor=store.local_actor(), now=now,
+            conn, account_id, changes, actor=audit.local_actor(), now=now,
             today=datetime.fromtimestamp(now, UTC).date(), writer=ctx.obj.writer_principal,
             policy=policy)
     except SettingsRejected as exc:
@@ -349,7 +349,9 @@ def settings_docs() -> None:
 @_errors
 def audit_cmd(ctx: click.Context, account_id: str, limit: int, as_json: bool) -> None:
     """Settings changes, token issues and revokes, and report replacements: who, when, what."""
-    entries = [e.as_dict() for e in store.audit_log(_control(ctx), account_id, limit=limit)]
+    conn = _control(ctx)
+    store.require_account(conn, account_id)
+    entries = [e.as_dict() for e in audit.audit_log(conn, account_id, limit=limit)]
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
@@ -404,7 +406,7 @@ def report_run(ctx: click.Context, account_id: str, day: str, replace: bool,
                          "use 'report build' to look at it so far")
     outcome = daily.deliver_day(ctx.obj, account_id, when, now=time.time, replace=replace,
                                 attempts=attempts, backoff=Backoff(base=0.5, cap=5),
-                                actor=store.local_actor())
+                                actor=audit.local_actor())
     for key, result in outcome.objects:
         click.echo(f"{result}\t{key}")
     if outcome.state == "failed":
@@ -439,7 +441,7 @@ def report_backfill(ctx: click.Context, account_id: str, first: str, last: str, 
             outcome = daily.deliver_day(ctx.obj, account_id, day, now=time.time,
                                         replace=replace, attempts=attempts,
                                         backoff=Backoff(base=0.5, cap=5),
-                                        actor=store.local_actor())
+                                        actor=audit.local_actor())
             progress.advance(task)
             click.echo(f"{day}\t{outcome.state}")
             if outcome.state == "failed":

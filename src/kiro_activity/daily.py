@@ -20,11 +20,12 @@ from datetime import UTC, date, datetime, timedelta
 
 from . import settings as settings_mod
 from .aggregate import aggregate_day
+from .audit import record
 from .config import Config
 from .deliver import Backoff, Destination, LocalDestination, S3Destination, put_with_retries
 from .errors import DeliveryError, UsageError
 from .report import Drop, build_drop
-from .store import Account, connect, record, require_account, transaction
+from .store import Account, connect, require_account, transaction
 
 DAY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 

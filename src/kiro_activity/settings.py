@@ -17,9 +17,10 @@ from datetime import date
 from typing import Any
 
 from . import location, s3uri
+from .audit import record
 from .errors import SettingsConflict, SettingsRejected, UsageError
 from .metrics import LAYOUTS
-from .store import record, require_account, transaction
+from .store import require_account, transaction
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """Control state of the embedded default: accounts and tokens, in SQLite (WAL) in the data folder.
 
+The schema also holds the settings, the delivery ledger, the audit log (:mod:`.audit`) and the
+admins' web sessions (:mod:`.sessions`).
+
 Several processes share it: the running service reads it, CLI commands change it at the same
 time. Tokens are stored only as SHA-256 hashes: they are 256-bit random secrets, so a fast hash
 is enough (no password stretching is needed), and the plain token is shown once, at issue.
@@ -7,10 +10,7 @@ is enough (no password stretching is needed), and the plain token is shown once,
 
 from __future__ import annotations
 
-import getpass
 import hashlib
-import json
-import os
 import re
 import secrets
 import sqlite3
@@ -18,9 +18,9 @@ import string
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
+from .audit import iso, record
 from .errors import UsageError
 
 SCHEMA = """
@@ -200,63 +200,6 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
                 if column not in have:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-
-
-def local_actor() -> str:
-    """How the audit log names someone using the CLI on this machine."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = f"uid {os.getuid()}"
-    return f"cli:{user}"
-
-
-def record(conn: sqlite3.Connection, *, now: float, account_id: str, actor: str, action: str,
-           target: str, before: object = None, after: object = None) -> None:
-    """Append one audit entry (call inside the transaction that makes the change)."""
-    conn.execute(
-        "INSERT INTO audit (at, account_id, actor, action, target, before, after)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (now, account_id, actor, action, target,
-         None if before is None else json.dumps(before, sort_keys=True),
-         None if after is None else json.dumps(after, sort_keys=True)))
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    id: int
-    at: float
-    account_id: str
-    actor: str
-    action: str
-    target: str
-    before: object
-    after: object
-
-    def as_dict(self) -> dict[str, object]:
-        return {"id": self.id, "at": iso(self.at), "account_id": self.account_id,
-                "actor": self.actor, "action": self.action, "target": self.target,
-                "before": self.before, "after": self.after}
-
-
-def audit_log(conn: sqlite3.Connection, account_id: str, *, limit: int | None = None,
-              before_id: int | None = None) -> list[AuditEntry]:
-    """An account's audit entries, newest first."""
-    require_account(conn, account_id)
-    rows = conn.execute(
-        "SELECT id, at, account_id, actor, action, target, before, after FROM audit"
-        " WHERE account_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-        (account_id, before_id if before_id is not None else 2**62,
-         limit if limit is not None else -1))
-    return [AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5],
-                       None if r[6] is None else json.loads(r[6]),
-                       None if r[7] is None else json.loads(r[7])) for r in rows]
-
-
-def iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @contextmanager
@@ -454,38 +397,3 @@ def lookup_token(conn: sqlite3.Connection, token: str, *, now: float) -> Princip
     if principal.expires_at is not None and principal.expires_at <= now:
         return None
     return principal
-
-
-# --- web sessions ---------------------------------------------------------------------------------
-
-SESSION_SECONDS = 8 * 3600
-
-
-def open_session(conn: sqlite3.Connection, principal: Principal, *, now: float) -> str:
-    """A new session id for a logged-in admin (only its hash is stored)."""
-    session_id = secrets.token_urlsafe(32)
-    with transaction(conn):
-        conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
-        conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)",
-                     (hash_token(session_id), principal.token_id, now, now + SESSION_SECONDS))
-    return session_id
-
-
-def session_principal(conn: sqlite3.Connection, session_id: str, *,
-                      now: float) -> Principal | None:
-    """The admin of a live session whose token is still live, or None."""
-    row = conn.execute(
-        "SELECT t.id, t.account_id, t.principal, t.kind, t.expires_at FROM sessions s"
-        " JOIN tokens t ON t.id = s.token_id"
-        " WHERE s.id_hash = ? AND s.expires_at > ? AND t.revoked_at IS NULL",
-        (hash_token(session_id), now)).fetchone()
-    if row is None or row[3] != "admin" or (row[4] is not None and row[4] <= now):
-        return None
-    scopes = frozenset(r[0] for r in conn.execute(
-        "SELECT account_id FROM token_scopes WHERE token_id = ?", (row[0],)))
-    return Principal(row[0], row[1], row[2], row[3], row[4], scopes)
-
-
-def close_session(conn: sqlite3.Connection, session_id: str) -> None:
-    with transaction(conn):
-        conn.execute("DELETE FROM sessions WHERE id_hash = ?", (hash_token(session_id),))

@@ -29,8 +29,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route, Router
 
+from . import audit, sessions, store
 from . import settings as settings_mod
-from . import store
 from .admin import Admin
 from .errors import (
     AdminError,
@@ -75,7 +75,7 @@ class WebPages:
         self.env = Environment(loader=PackageLoader("kiro_activity", "templates"),
                                autoescape=True)
         self.env.globals["settings_table"] = settings_mod.SETTINGS
-        self.env.filters["iso"] = store.iso
+        self.env.filters["iso"] = audit.iso
         self.css = resources.files("kiro_activity").joinpath("static/admin.css").read_bytes()
         a = "/admin/accounts/{account_id}"
         self.router = Router(routes=[
@@ -119,7 +119,7 @@ class WebPages:
         session_id = request.cookies.get(COOKIE)
         if session_id:
             with self._conn() as conn:
-                p = store.session_principal(conn, session_id, now=self.admin.clock())
+                p = sessions.session_principal(conn, session_id, now=self.admin.clock())
             if p is not None:
                 return p, session_id
         raise Redirect("/admin/login?next=" + quote(request.url.path, safe="/"))
@@ -191,7 +191,7 @@ class WebPages:
                      if p is not None else "That token is unknown, revoked or expired.")
             return self.render("login.html", 401, next=target, error=error, principal=None)
         response = RedirectResponse(target, 303, headers=SECURITY_HEADERS)
-        response.set_cookie(COOKIE, session_id, max_age=store.SESSION_SECONDS, path="/admin",
+        response.set_cookie(COOKIE, session_id, max_age=sessions.SESSION_SECONDS, path="/admin",
                             httponly=True, samesite="strict",
                             secure=request.url.scheme == "https")
         return response
@@ -204,7 +204,7 @@ class WebPages:
             p = store.lookup_token(conn, token, now=self.admin.clock())
             if p is None or p.kind != "admin":
                 return p, None
-            return p, store.open_session(conn, p, now=self.admin.clock())
+            return p, sessions.open_session(conn, p, now=self.admin.clock())
 
     async def logout(self, request: Request) -> Response:
         session_id = request.cookies.get(COOKIE)
@@ -221,7 +221,7 @@ class WebPages:
 
     def _close_session(self, session_id: str) -> None:
         with self._conn() as conn:
-            store.close_session(conn, session_id)
+            sessions.close_session(conn, session_id)
 
     async def index(self, request: Request, p: Principal, session_id: str) -> Response:
         rows = await run_in_threadpool(self._overview, p)
