@@ -72,6 +72,14 @@ class Server:
             self.tokens[key] = tok
         return self.tokens[key]
 
+    def admin_token(self, name: str, *accounts: str) -> str:
+        """A new admin token of ``name`` that administers ``accounts``."""
+        conn = store.connect(self.config.control_db)
+        [(_, tok)] = store.issue_tokens(conn, accounts[0], [name], now=time.time(),
+                                        actor="test", kind="admin", scopes=accounts[1:])
+        conn.close()
+        return tok
+
     def client(self, user: str = "alice", account: str = ACCOUNT) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30,
                             headers={"Authorization": f"Bearer {self.token(user, account)}"})
@@ -119,18 +127,16 @@ def answers(port: int) -> bool:
         conn.close()
 
 
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    """moto's S3 server as a real process on loopback."""
+def _moto_server(*command: str) -> Iterator[str]:
+    """Run a moto S3 server command on a free loopback port until the session ends."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
         while not answers(port):
-            assert proc.poll() is None, "moto server exited"
-            assert time.monotonic() < deadline, "moto server did not answer"
+            assert proc.poll() is None, f"{command[-1]} exited"
+            assert time.monotonic() < deadline, f"{command[-1]} did not answer"
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -140,6 +146,12 @@ def moto_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto's S3 server as a real process on loopback."""
+    yield from _moto_server(sys.executable, "-m", "moto.server")
 
 
 #: a closed port on loopback: where S3 calls go unless a test points them at moto
@@ -175,22 +187,4 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture(scope="session")
 def moto_owner_url() -> Iterator[str]:
     """moto's S3 server that also enforces ExpectedBucketOwner (tests/moto_owner.py)."""
-    port = free_port()
-    launcher = Path(__file__).with_name("moto_owner.py")
-    proc = subprocess.Popen(
-        [sys.executable, str(launcher), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while not answers(port):
-            assert proc.poll() is None, "moto owner server exited"
-            assert time.monotonic() < deadline, "moto owner server did not answer"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    yield from _moto_server(sys.executable, str(Path(__file__).with_name("moto_owner.py")))

@@ -36,14 +36,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s.stop()
 
 
-def admin_token(server: Server, name: str, *accounts: str) -> str:
-    conn = store.connect(server.config.control_db)
-    [(_, token)] = store.issue_tokens(conn, accounts[0], [name], now=time.time(), actor="test",
-                                      kind="admin", scopes=accounts[1:])
-    conn.close()
-    return token
-
-
 def call(server: Server, method: str, path: str, token: str | None = None,
          body: Any = None, **kwargs: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -66,8 +58,8 @@ def test_every_endpoint_refuses_strangers(server: Server) -> None:
     """No token, a bad token, a telemetry token, another account's admin, a revoked admin:
     each is refused on every endpoint of ACCOUNT, and nothing is read or changed."""
     telemetry = server.token("alice")
-    other_admin = admin_token(server, "mallory", OTHER_ACCOUNT)
-    revoked = admin_token(server, "former", ACCOUNT)
+    other_admin = server.admin_token("mallory", OTHER_ACCOUNT)
+    revoked = server.admin_token("former", ACCOUNT)
     conn = store.connect(server.config.control_db)
     store.revoke_tokens(conn, ACCOUNT, now=time.time(), actor="test", token=revoked)
     conn.close()
@@ -90,7 +82,7 @@ def test_every_endpoint_refuses_strangers(server: Server) -> None:
 
 def test_an_admin_of_one_account_cannot_probe_others(server: Server) -> None:
     """A missing account and someone else's account get the same answer."""
-    token = admin_token(server, "ada", ACCOUNT)
+    token = server.admin_token("ada", ACCOUNT)
     for target in (OTHER_ACCOUNT, "999999999999", "not-an-account"):
         r = call(server, "GET", f"/admin/v1/accounts/{target}/settings", token)
         assert r.status_code == 403
@@ -104,7 +96,7 @@ def test_an_admin_of_one_account_cannot_probe_others(server: Server) -> None:
 
 
 def test_admin_of_two_accounts_sees_both(server: Server) -> None:
-    token = admin_token(server, "both", ACCOUNT, OTHER_ACCOUNT)
+    token = server.admin_token("both", ACCOUNT, OTHER_ACCOUNT)
     listed = call(server, "GET", "/admin/v1/accounts", token).json()["accounts"]
     assert [a["account_id"] for a in listed] == [ACCOUNT, OTHER_ACCOUNT]
     for account in (ACCOUNT, OTHER_ACCOUNT):
@@ -112,7 +104,7 @@ def test_admin_of_two_accounts_sees_both(server: Server) -> None:
 
 
 def test_change_settings_lists_every_problem_and_saves_nothing(server: Server) -> None:
-    token = admin_token(server, "ada", ACCOUNT)
+    token = server.admin_token("ada", ACCOUNT)
     before = snapshot(server)
     r = call(server, "PATCH", f"{A}/settings", token,
              {"enabled": "yes", "layout": "sideways", "colour": "blue",
@@ -130,7 +122,7 @@ def test_change_settings_lists_every_problem_and_saves_nothing(server: Server) -
 
 
 def test_change_settings_saves_and_audits(server: Server) -> None:
-    token = admin_token(server, "grace", ACCOUNT)
+    token = server.admin_token("grace", ACCOUNT)
     r = call(server, "PATCH", f"{A}/settings", token, {"enabled": True, "layout": "delivered"})
     assert r.status_code == 200, r.text
     saved = r.json()["settings"]
@@ -159,7 +151,7 @@ def test_change_settings_saves_and_audits(server: Server) -> None:
 
 
 def test_validate_is_a_dry_run(server: Server) -> None:
-    token = admin_token(server, "ada", ACCOUNT)
+    token = server.admin_token("ada", ACCOUNT)
     before = call(server, "GET", f"{A}/settings", token).json()["settings"]
     r = call(server, "POST", f"{A}/settings/validate", token,
              {"settings": {"s3_uri": "s3://bucket-name"}})
@@ -173,7 +165,7 @@ def test_validate_is_a_dry_run(server: Server) -> None:
 
 
 def test_bad_bodies(server: Server) -> None:
-    token = admin_token(server, "ada", ACCOUNT)
+    token = server.admin_token("ada", ACCOUNT)
     for raw, words in [(b"{not json", "not valid JSON"), (b"[1, 2]", "must be a JSON object"),
                        (b"x" * (2 << 20), "bytes")]:
         r = call(server, "PATCH", f"{A}/settings", token, content=raw)
@@ -198,7 +190,7 @@ def test_bad_bodies(server: Server) -> None:
 
 def test_unknown_routes_and_methods(server: Server) -> None:
     """Authentication comes first; then a 404 or a 405, in the JSON error shape."""
-    token = admin_token(server, "ada", ACCOUNT)
+    token = server.admin_token("ada", ACCOUNT)
     r = call(server, "GET", "/admin/v1/nothing-here")
     assert r.status_code == 401
     r = call(server, "GET", "/admin/v1/nothing-here", server.token("alice"))
@@ -211,7 +203,7 @@ def test_unknown_routes_and_methods(server: Server) -> None:
 
 
 def test_deliveries_and_report_again(server: Server) -> None:
-    token = admin_token(server, "ada", ACCOUNT)
+    token = server.admin_token("ada", ACCOUNT)
     r = call(server, "POST", f"{A}/deliveries/{TOMORROW}/replace", token)
     assert r.status_code == 409 and "not closed" in r.json()["error"]["message"]
     for day in ("yesterday", "2020W011", "20201130", "2020-11-31", "0001-01-01"):
@@ -220,7 +212,7 @@ def test_deliveries_and_report_again(server: Server) -> None:
         assert day in r.json()["error"]["message"]
     # reports are off for this account and the day was never produced: nothing to replace
     r = call(server, "POST", f"/admin/v1/accounts/{OTHER_ACCOUNT}/deliveries/{YESTERDAY}/"
-             "replace", admin_token(server, "olga", OTHER_ACCOUNT))
+             "replace", server.admin_token("olga", OTHER_ACCOUNT))
     assert r.status_code == 409 and "reports were not on" in r.json()["error"]["message"]
     ran = cli(server.data_dir, "report", "run", "--account", ACCOUNT, "--date", YESTERDAY)
     assert ran.returncode == 0, ran.stderr  # produced once by the operator: now replaceable
@@ -240,7 +232,7 @@ def test_deliveries_and_report_again(server: Server) -> None:
 
 
 def test_tokens_are_listed_never_shown(server: Server) -> None:
-    token = admin_token(server, "ada", ACCOUNT)
+    token = server.admin_token("ada", ACCOUNT)
     telemetry = server.token("bob")
     r = call(server, "GET", f"{A}/tokens", token)
     assert r.status_code == 200
@@ -248,7 +240,7 @@ def test_tokens_are_listed_never_shown(server: Server) -> None:
     users = {(t["kind"], t["user"]) for t in r.json()["tokens"]}
     assert ("admin", "ada") in users and ("user", "bob") in users
     # an admin of both accounts is listed, and audited, without naming the other account
-    admin_token(server, "both-ways", ACCOUNT, OTHER_ACCOUNT)
+    server.admin_token("both-ways", ACCOUNT, OTHER_ACCOUNT)
     listed = call(server, "GET", f"{A}/tokens", token)
     assert "both-ways" in listed.text and OTHER_ACCOUNT not in listed.text
     assert OTHER_ACCOUNT not in call(server, "GET", f"{A}/audit?limit=1000", token).text
@@ -259,7 +251,7 @@ def test_tokens_are_listed_never_shown(server: Server) -> None:
 
 
 def test_audit_pages(server: Server) -> None:
-    token = admin_token(server, "ada", ACCOUNT)
+    token = server.admin_token("ada", ACCOUNT)
     first = call(server, "GET", f"{A}/audit?limit=2", token).json()["entries"]
     assert len(first) == 2 and first[0]["id"] > first[1]["id"]
     rest = call(server, "GET", f"{A}/audit?limit=2&before={first[1]['id']}", token).json()

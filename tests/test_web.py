@@ -60,14 +60,6 @@ def server(tmp_path_factory: pytest.TempPathFactory,
     s.stop()
 
 
-def admin_token(server: Server, name: str, *accounts: str) -> str:
-    conn = store.connect(server.config.control_db)
-    [(_, token)] = store.issue_tokens(conn, accounts[0], [name], now=time.time(), actor="test",
-                                      kind="admin", scopes=accounts[1:])
-    conn.close()
-    return token
-
-
 @contextmanager
 def login(server: Server, token: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as client:
@@ -117,7 +109,7 @@ def test_login_refuses_telemetry_and_unknown_tokens(server: Server) -> None:
 
 
 def test_session_cookie_flags_and_redirects(server: Server) -> None:
-    token = admin_token(server, "ada", ACCOUNT)
+    token = server.admin_token("ada", ACCOUNT)
     with httpx.Client(base_url=server.url, timeout=30) as client:
         r = client.post("/admin/login", data={"token": token, "next": "https://evil.example/"})
         assert r.headers["location"] == "/admin/"
@@ -131,7 +123,7 @@ def test_session_cookie_flags_and_redirects(server: Server) -> None:
 
 
 def test_another_accounts_admin_sees_and_changes_nothing(server: Server) -> None:
-    with login(server, admin_token(server, "mallory", OTHER_ACCOUNT)) as client:
+    with login(server, server.admin_token("mallory", OTHER_ACCOUNT)) as client:
         csrf = csrf_of(client.get("/admin/").text)
         before = saved_state(server)
         r = client.get(PAGE)
@@ -146,7 +138,7 @@ def test_another_accounts_admin_sees_and_changes_nothing(server: Server) -> None
 
 
 def test_changes_need_the_csrf_token_and_our_origin(server: Server) -> None:
-    with login(server, admin_token(server, "ada", ACCOUNT)) as client:
+    with login(server, server.admin_token("ada", ACCOUNT)) as client:
         csrf = csrf_of(client.get(PAGE).text)
         form = {"enabled": "on", "layout": "delivered", "sse": "AES256", "action": "save"}
         before = saved_state(server)
@@ -164,7 +156,7 @@ def test_changes_need_the_csrf_token_and_our_origin(server: Server) -> None:
 
 
 def test_revoking_the_token_ends_the_session(server: Server) -> None:
-    token = admin_token(server, "temp", ACCOUNT)
+    token = server.admin_token("temp", ACCOUNT)
     with login(server, token) as client:
         assert client.get(PAGE).status_code == 200
         conn = store.connect(server.config.control_db)
@@ -177,7 +169,7 @@ def test_revoking_the_token_ends_the_session(server: Server) -> None:
 def test_report_again_from_the_page(server: Server) -> None:
     ran = cli(server.data_dir, "report", "run", "--account", ACCOUNT, "--date", "2020-01-01")
     assert ran.returncode == 0, ran.stderr
-    with login(server, admin_token(server, "ada", ACCOUNT)) as client:
+    with login(server, server.admin_token("ada", ACCOUNT)) as client:
         csrf = csrf_of(client.get(PAGE).text)
         r = client.post(f"{PAGE}/deliveries/2020-01-01/replace", data={"csrf": csrf})
         assert r.status_code == 303, r.text
@@ -206,7 +198,7 @@ def test_settings_page_in_chromium(server: Server, browser: Any,
                                    bucket: tuple[str, dict[str, str]]) -> None:
     """Log in, set a bad location and see its errors, fix it, save."""
     name = bucket[0]
-    token = admin_token(server, "ada", ACCOUNT)
+    token = server.admin_token("ada", ACCOUNT)
     page = browser.new_page()
     page.goto(f"{server.url}{PAGE}")
     assert "/admin/login" in page.url
@@ -270,7 +262,7 @@ def test_settings_page_in_chromium(server: Server, browser: Any,
 
 
 def test_login_from_another_site_and_bad_forms(server: Server) -> None:
-    token = admin_token(server, "ada", ACCOUNT)
+    token = server.admin_token("ada", ACCOUNT)
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for headers in ({"origin": "https://evil.example"}, {"sec-fetch-site": "cross-site"},
                         {"sec-fetch-site": "same-site"}):
@@ -295,7 +287,7 @@ def test_login_from_another_site_and_bad_forms(server: Server) -> None:
 
 
 def test_logout_ends_the_session_on_the_server(server: Server) -> None:
-    with login(server, admin_token(server, "ada", ACCOUNT)) as client:
+    with login(server, server.admin_token("ada", ACCOUNT)) as client:
         page = client.get(PAGE)
         cookie = client.cookies["kat_session"]
         r = client.post("/admin/logout", data={"csrf": csrf_of(page.text)})
@@ -307,6 +299,6 @@ def test_logout_ends_the_session_on_the_server(server: Server) -> None:
 
 
 def test_notice_is_not_free_text(server: Server) -> None:
-    with login(server, admin_token(server, "ada", ACCOUNT)) as client:
+    with login(server, server.admin_token("ada", ACCOUNT)) as client:
         page = client.get(f"{PAGE}?replaced=your session expired, log in at evil.example").text
         assert "evil.example" not in page

@@ -61,7 +61,8 @@ class Admin:
     s3_client: Any = None
 
     @contextmanager
-    def _conn(self) -> Iterator[sqlite3.Connection]:
+    def conn(self) -> Iterator[sqlite3.Connection]:
+        """A connection to the control database, closed after use."""
         conn = store.connect(self.config.control_db)
         try:
             yield conn
@@ -80,18 +81,18 @@ class Admin:
     def accounts(self, p: Principal) -> list[store.Account]:
         if p.kind != "admin":
             raise ForbiddenError("a telemetry token cannot use the admin API")
-        with self._conn() as conn:
+        with self.conn() as conn:
             found = (store.get_account(conn, a) for a in sorted(p.scopes))
             return [a for a in found if a is not None]
 
     def account(self, p: Principal, account_id: str) -> store.Account:
         self.authorise(p, account_id)
-        with self._conn() as conn:
+        with self.conn() as conn:
             return store.require_account(conn, account_id)
 
     def settings(self, p: Principal, account_id: str) -> settings_mod.Settings:
         self.authorise(p, account_id)
-        with self._conn() as conn:
+        with self.conn() as conn:
             return settings_mod.get(conn, account_id)
 
     def change(self, p: Principal, account_id: str, changes: Mapping[str, Any],
@@ -99,7 +100,7 @@ class Admin:
         """Validate and save (SettingsRejected: nothing saved); audited as this admin."""
         self.authorise(p, account_id)
         now = self.clock()
-        with self._conn() as conn:
+        with self.conn() as conn:
             return settings_mod.update(
                 conn, account_id, changes, actor=p.actor, now=now, today=_day(now),
                 writer=self.config.writer_principal, policy=policy, client=self.s3_client)
@@ -109,7 +110,7 @@ class Admin:
         """The checks of the saved settings, or of the saved settings with ``changes`` (a dry
         run: nothing is saved)."""
         self.authorise(p, account_id)
-        with self._conn() as conn:
+        with self.conn() as conn:
             if changes is None:
                 return settings_mod.validate(conn, account_id, writer=self.config.writer_principal,
                                              policy=policy, client=self.s3_client,
@@ -122,7 +123,7 @@ class Admin:
 
     def deliveries(self, p: Principal, account_id: str) -> dict[str, object]:
         self.authorise(p, account_id)
-        with self._conn() as conn:
+        with self.conn() as conn:
             return daily.status(conn, account_id)
 
     def replace(self, p: Principal, account_id: str, day_text: str) -> daily.Outcome:
@@ -131,7 +132,7 @@ class Admin:
         day = daily.check_day(day_text)
         if not daily.closed(day, self.clock()):
             raise ConflictError(f"{day} is not closed yet (it closes at 00:00 UTC)")
-        with self._conn() as conn:
+        with self.conn() as conn:
             planned = daily.planned(conn, account_id, day)
             s = settings_mod.get(conn, account_id)
         if not planned and not (s.enabled and s.enabled_since and s.enabled_since <= day):
@@ -145,12 +146,12 @@ class Admin:
     def audit(self, p: Principal, account_id: str, *, limit: int = 100,
               before_id: int | None = None) -> list[audit.AuditEntry]:
         self.authorise(p, account_id)
-        with self._conn() as conn:
+        with self.conn() as conn:
             return audit.audit_log(conn, account_id, limit=limit, before_id=before_id)
 
     def tokens(self, p: Principal, account_id: str) -> list[store.TokenInfo]:
         self.authorise(p, account_id)
-        with self._conn() as conn:
+        with self.conn() as conn:
             return store.list_tokens(conn, account_id)
 
 
@@ -204,10 +205,6 @@ def _policy(body: dict[str, Any]) -> Any:
         raise BadRequestError(f"policy must be a JSON object or JSON text, not "
                               f"{type(policy).__name__}")
     return policy
-
-
-def _report(report: location.LocationReport) -> dict[str, Any]:
-    return report.as_dict()
 
 
 class AdminApi:
@@ -308,7 +305,7 @@ class AdminApi:
         body = await read_json(request)
         policy = _policy(body)
         saved, report = await run_in_threadpool(self.admin.change, p, account_id, body, policy)
-        return 200, {"settings": saved.as_dict(), "validation": _report(report)}
+        return 200, {"settings": saved.as_dict(), "validation": report.as_dict()}
 
     async def validate(self, request: Request, p: Principal,
                        account_id: str) -> tuple[int, object]:
@@ -321,7 +318,7 @@ class AdminApi:
         if changes is not None and not isinstance(changes, dict):
             raise BadRequestError("settings must be an object of settings to try")
         report = await run_in_threadpool(self.admin.validate, p, account_id, changes, policy)
-        return 200, _report(report)
+        return 200, report.as_dict()
 
     async def deliveries(self, request: Request, p: Principal,
                          account_id: str) -> tuple[int, object]:

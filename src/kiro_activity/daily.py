@@ -25,6 +25,7 @@ from .config import Config
 from .deliver import Backoff, Destination, LocalDestination, S3Destination, put_with_retries
 from .errors import DeliveryError, UsageError
 from .report import Drop, build_drop
+from .s3uri import split_location
 from .store import Account, connect, require_account, transaction
 
 DAY_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -45,7 +46,7 @@ def destination_for(config: Config, account: Account,
                     s: settings_mod.Settings) -> tuple[Destination, str]:
     """The destination and its description (recorded in the ledger)."""
     if s.s3_uri:
-        bucket, prefix = settings_mod.split_s3_uri(s.s3_uri)
+        bucket, prefix = split_location(s.s3_uri)
         dest = S3Destination(bucket, expected_owner=account.account_id, region=account.region,
                              sse=s.sse, kms_key_arn=s.kms_key_arn)
         return dest, f"s3://{bucket}/{prefix}/ ({s.layout}, {s.sse})"
@@ -73,7 +74,7 @@ def _plan_row(conn: sqlite3.Connection, account_id: str, day: date) -> tuple[obj
 def render(config: Config, account: Account, s: settings_mod.Settings, day: date, *,
            now: float, rebuild: bool = False) -> Drop:
     """The day's objects under the account's settings (from the counters, or rebuilt)."""
-    prefix = settings_mod.split_s3_uri(s.s3_uri)[1] if s.s3_uri else ""
+    prefix = split_location(s.s3_uri)[1] if s.s3_uri else ""
     agg = aggregate_day(config.landing_db, account.account_id, day, layout=s.layout,
                         rebuild=rebuild, archive_dir=config.archive_dir)
     return build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,

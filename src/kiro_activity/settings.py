@@ -18,7 +18,7 @@ from typing import Any
 
 from . import location, s3uri
 from .audit import record
-from .errors import SettingsConflict, SettingsRejected, UsageError
+from .errors import SettingsConflict, SettingsRejected
 from .metrics import LAYOUTS
 from .store import require_account, transaction
 
@@ -320,11 +320,3 @@ def validate(conn: sqlite3.Connection, account_id: str, *, writer: str, policy: 
 def enabled_accounts(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute(
         "SELECT account_id FROM settings WHERE enabled = 1 ORDER BY account_id")]
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    """``s3://bucket/prefix/`` -> (bucket, prefix without surrounding slashes)."""
-    if not uri.startswith("s3://"):
-        raise UsageError(f"S3 URI {uri!r} must start with s3://")
-    bucket, _, prefix = uri[5:].partition("/")
-    return bucket, prefix.strip("/")

@@ -14,9 +14,7 @@ import hashlib
 import hmac
 import logging
 import re
-import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -29,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route, Router
 
-from . import audit, sessions, store
+from . import audit, daily, sessions, store
 from . import settings as settings_mod
 from .admin import Admin
 from .errors import (
@@ -44,7 +42,6 @@ from .store import Principal
 
 log = logging.getLogger(__name__)
 COOKIE = "kat_session"
-DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -106,19 +103,11 @@ class WebPages:
                                message=f"There is no page at {scope['path']}.", principal=None)
         await response(scope, receive, send)
 
-    @contextmanager
-    def _conn(self) -> Iterator[sqlite3.Connection]:
-        conn = store.connect(self.admin.config.control_db)
-        try:
-            yield conn
-        finally:
-            conn.close()
-
     def session(self, request: Request) -> tuple[Principal, str]:
         """The logged-in admin and the session id, or a redirect to the login page."""
         session_id = request.cookies.get(COOKIE)
         if session_id:
-            with self._conn() as conn:
+            with self.admin.conn() as conn:
                 p = sessions.session_principal(conn, session_id, now=self.admin.clock())
             if p is not None:
                 return p, session_id
@@ -200,7 +189,7 @@ class WebPages:
         """(the token's principal, a new session id when it is an admin's)."""
         if not token:
             return None, None
-        with self._conn() as conn:
+        with self.admin.conn() as conn:
             p = store.lookup_token(conn, token, now=self.admin.clock())
             if p is None or p.kind != "admin":
                 return p, None
@@ -220,7 +209,7 @@ class WebPages:
         return response
 
     def _close_session(self, session_id: str) -> None:
-        with self._conn() as conn:
+        with self.admin.conn() as conn:
             sessions.close_session(conn, session_id)
 
     async def index(self, request: Request, p: Principal, session_id: str) -> Response:
@@ -252,7 +241,7 @@ class WebPages:
         params = request.query_params
         if notice is None and params.get("saved"):
             notice = "Settings saved."
-        elif notice is None and DAY.fullmatch(params.get("replaced", "")):
+        elif notice is None and daily.DAY_RE.fullmatch(params.get("replaced", "")):
             notice = f"The report of {params['replaced']} was produced and delivered again."
         return self.render(
             "account.html", status, principal=p, csrf=csrf_token(session_id), account=account,
