@@ -114,7 +114,7 @@ class LandingLog:
 
     def __init__(
         self, path: Path, *, clock: Callable[[], float] = time.time, max_group: int = 4096,
-        retention_days: int = 30,
+        retention_days: int = 30, inline: bool = False,
     ) -> None:
         self.path = path
         self.clock = clock
@@ -132,7 +132,8 @@ class LandingLog:
             log.info("counters brought up to date with %d events past their watermark", recovered)
         self.counters = counters.Counters()
         self._flush_scheduled = False
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="landing-writer")
+        self._writer: ThreadPoolExecutor | _Inline = (
+            _Inline() if inline else ThreadPoolExecutor(1, thread_name_prefix="landing-writer"))
         self._lock = threading.Lock()  # guards the dedupe state between loop and sync callers
         self._inflight: set[int] = set()
         self._pending: deque[tuple[Sequence[LandingRecord], asyncio.Future[int]]] = deque()
@@ -277,6 +278,24 @@ class LandingLog:
         return StoreUnavailableError(
             f"the event could not be stored ({exc}); nothing was stored, retry later"
         )
+
+
+class _Inline:
+    """The writer of a process that does nothing but commit (the store process of
+    ``serve --workers``): the work runs at once on the calling thread, the event loop's, so a
+    group needs no hand-over to another thread and back; what arrives meanwhile waits in the
+    sockets and forms the next group."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        done: Future[Any] = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:
+            done.set_exception(exc)
+        return done
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
 
 
 CHUNK = 256
