@@ -35,14 +35,17 @@ RESTART_DELAY = 1.0  # between restarts of a worker that keeps dying
 STOP_TIMEOUT = 30.0  # for a worker to finish its requests on shutdown
 
 
-def bind(host: str, port: int, wait: float = 10.0) -> socket.socket:
-    """The listening socket every worker accepts from. The workers of a supervisor that was
-    killed close theirs within moments; until ``wait`` runs out the port is tried again."""
+def bind(host: str, port: int, wait: float = 10.0, *, reuse_port: bool = False,
+         ) -> socket.socket:
+    """A listening socket on (host, port); until ``wait`` runs out a port in use is tried
+    again (the workers of a supervisor that was killed close theirs within moments)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     deadline = time.monotonic() + wait
     while True:
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -56,20 +59,30 @@ def bind(host: str, port: int, wait: float = 10.0) -> socket.socket:
         return sock
 
 
+def listeners(host: str, port: int, n: int) -> list[socket.socket]:
+    """One listening socket per worker on the same port (SO_REUSEPORT): the kernel spreads new
+    connections evenly over them, where one shared socket lets whichever worker wakes first
+    take them all. The supervisor keeps them, so a replaced worker takes over its queue. The
+    port is first bound alone, so that a previous run's sockets are surely closed."""
+    bind(host, port).close()
+    return [bind(host, port, 0, reuse_port=True) for _ in range(n)]
+
+
 def supervise(config: Config, clock: Callable[[], float], workers: int,
               worker_args: list[str]) -> None:
     """Run the landing log and N workers until SIGTERM or SIGINT."""
     import uvloop
 
-    listener = bind(config.host, config.port)
+    socks = listeners(config.host, config.port, workers)
     try:
-        uvloop.run(_supervise(config, clock, workers, worker_args, listener))
+        uvloop.run(_supervise(config, clock, worker_args, socks))
     finally:
-        listener.close()
+        for sock in socks:
+            sock.close()
 
 
-async def _supervise(config: Config, clock: Callable[[], float], workers: int,
-                     worker_args: list[str], listener: socket.socket) -> None:
+async def _supervise(config: Config, clock: Callable[[], float], worker_args: list[str],
+                     socks: list[socket.socket]) -> None:
     loop = asyncio.get_running_loop()
     landing = LandingLog(config.landing_db, clock=clock, max_group=config.max_group_commit,
                          retention_days=config.retention_days, inline=True)
@@ -82,7 +95,7 @@ async def _supervise(config: Config, clock: Callable[[], float], workers: int,
             await asyncio.to_thread(landing.run_in_writer, lambda conn: None)
         tasks.append(asyncio.create_task(Scheduler(config, clock).run(stop, barrier)))
 
-    async def start() -> subprocess.Popen[bytes]:
+    async def start(listener: socket.socket) -> subprocess.Popen[bytes]:
         ours, theirs = socket.socketpair()
         theirs.set_inheritable(True)
         proc = subprocess.Popen(
@@ -93,7 +106,7 @@ async def _supervise(config: Config, clock: Callable[[], float], workers: int,
         await loop.connect_accepted_socket(lambda: StoreLink(landing, loop), ours)
         return proc
 
-    procs = [await start() for _ in range(workers)]
+    procs = [await start(sock) for sock in socks]
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -103,7 +116,7 @@ async def _supervise(config: Config, clock: Callable[[], float], workers: int,
                     log.error("worker %d exited with code %s; starting it again", proc.pid,
                               proc.returncode)
                     await asyncio.sleep(RESTART_DELAY)
-                    procs[i] = await start()
+                    procs[i] = await start(socks[i])
     finally:
         for proc in procs:
             if proc.poll() is None:
