@@ -91,7 +91,7 @@ def amounts_of(member: str, body: bytes, ide_category: str | None,
 
 
 class Counters:
-    """The amounts committed but not yet written out; used on the landing writer thread only."""
+    """The amounts committed but not yet written out; used under the landing writer's lock."""
 
     def __init__(self) -> None:
         self.pending = GroupCounts()

@@ -129,7 +129,7 @@ class IngestApp:
     async def _barrier(self) -> None:
         """Wait until every group handed to the landing writer so far is committed."""
         assert isinstance(self.landing, LandingLog)  # workers never run the scheduler
-        await asyncio.to_thread(self.landing.run_in_writer, lambda conn: None)
+        await self.landing.barrier()
 
     async def _route(self, method: str, path: str, headers: dict[str, str],
                      receive: Receive, send: Send) -> None:

@@ -128,6 +128,7 @@ class RemoteLanding(_Framed):
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[int]] = {}
         self._outbox: list[tuple[int, list[tuple[Any, ...]]]] = []
+        self._sent: set[int] = set()  # the requests of the frame not fully answered yet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_lost = on_lost if on_lost is not None else _stop_this_worker
 
@@ -147,22 +148,28 @@ class RemoteLanding(_Framed):
             return fut
         msg_id = next(self._ids)
         self._waiting[msg_id] = fut
-        if not self._outbox:
+        if not self._outbox and not self._sent:
             loop.call_soon(self._send_outbox)
         self._outbox.append((msg_id, [_as_tuple(r) for r in records]))
         return fut
 
     def _send_outbox(self) -> None:
+        """Send what gathered; while a frame is unanswered the next one gathers (the store
+        would put it in its next group anyway), so a frame carries many requests under load."""
         outbox, self._outbox = self._outbox, []
+        if not outbox:
+            return
         if self.transport is None or self.transport.is_closing():
             for msg_id, _ in outbox:
                 self._fail(msg_id, _store_gone())
             return
+        self._sent = {msg_id for msg_id, _ in outbox}
         self.send_frame(outbox)
 
     def frame_received(self, frame: tuple[list[tuple[int, Any]], int, bool]) -> None:
         answers, self.commits, self.healthy = frame
         for msg_id, answer in answers:
+            self._sent.discard(msg_id)
             fut = self._waiting.pop(msg_id, None)
             if fut is None or fut.done():
                 continue
@@ -171,6 +178,8 @@ class RemoteLanding(_Framed):
             else:
                 kind, message = answer
                 fut.set_exception(_ERRORS.get(kind, InternalServerError)(message))
+        if not self._sent:
+            self._send_outbox()
 
     def _fail(self, msg_id: int, error: ApiError) -> None:
         fut = self._waiting.pop(msg_id, None)

@@ -85,15 +85,13 @@ async def _supervise(config: Config, clock: Callable[[], float], worker_args: li
                      socks: list[socket.socket]) -> None:
     loop = asyncio.get_running_loop()
     landing = LandingLog(config.landing_db, clock=clock, max_group=config.max_group_commit,
-                         retention_days=config.retention_days, inline=True)
+                         retention_days=config.retention_days)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks = []
     if config.schedule:
-        async def barrier() -> None:
-            await asyncio.to_thread(landing.run_in_writer, lambda conn: None)
-        tasks.append(asyncio.create_task(Scheduler(config, clock).run(stop, barrier)))
+        tasks.append(asyncio.create_task(Scheduler(config, clock).run(stop, landing.barrier)))
 
     async def start(listener: socket.socket) -> subprocess.Popen[bytes]:
         ours, theirs = socket.socketpair()
