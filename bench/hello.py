@@ -1,12 +1,9 @@
 """The reference: a bare ASGI endpoint that reads the request body and answers ``{}``, on the
-same uvicorn setup (uvloop, httptools) as the ingestion service.
-
-    python bench/hello.py PORT [WORKERS]   (default one worker; more through uvicorn's own)"""
+same uvicorn setup (one worker, uvloop, httptools) as the ingestion service."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -25,8 +22,5 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 if __name__ == "__main__":
-    workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    sys.path.insert(0, str(Path(__file__).parent))
-    uvicorn.run("hello:app" if workers > 1 else app, host="127.0.0.1", port=int(sys.argv[1]),
-                loop="uvloop", http="httptools", access_log=False, log_level="warning",
-                lifespan="off", workers=workers)
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
+                access_log=False, log_level="warning", lifespan="off")

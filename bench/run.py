@@ -6,13 +6,9 @@
    userTriggerDecisionEvent body (awsJson 1.0), 500 user tokens in rotation, a fresh clientToken
    per request; every 200 is durable (fsync'd group commit). The reference is bench/hello.py, a
    bare ASGI endpoint on the same uvicorn setup. Rounds alternate reference/ours; medians and
-   the ratio of medians are printed, with p50/p99 latency. With ``--workers 1,2`` the service
-   runs once per worker count (``serve --workers N``), and so does the reference (uvicorn's own
-   ``--workers``), all in the same rounds; ratios are given against the one-worker reference
-   (the issue's) and against the reference with as many workers.
+   the ratio of medians are printed, with p50/p99 latency.
 2. Bulk import: NDJSON batches of 10,000 requests to /v1/batch/SendTelemetryEvent over 2
-   concurrent connections; events/s until all are durably stored (checked by counting), once
-   per worker count.
+   concurrent connections; events/s until all are durably stored (checked by counting).
 """
 
 from __future__ import annotations
@@ -69,66 +65,48 @@ def prepare(data_dir: Path, users: int) -> tuple[Config, list[str]]:
     return config, tokens
 
 
-def single(work: Path, seconds: int, rounds: int, workers: list[int]) -> None:
+def single(work: Path, seconds: int, rounds: int) -> None:
+    config, tokens = prepare(work / "single", 500)
+    (work / "tokens.txt").write_text("\n".join(tokens) + "\n")
     body = request_body("userTriggerDecisionEvent", random.Random(1), ts=1764547200.123,
                         profile_arn=None)
     body["clientToken"] = "CLIENT_TOKEN"
     (work / "body.json").write_bytes(orjson.dumps(body))
-    (work / "none.txt").write_text("-\n")
-    runs: dict[str, tuple[int, Path]] = {}
-    procs: list[subprocess.Popen[bytes]] = []
-    configs = []
+    hello_port, port = free_port(), free_port()
+    hello = subprocess.Popen([sys.executable, str(HERE / "hello.py"), str(hello_port)])
+    ours = start_server(config, port, "--rate", "100", "--burst", "1000")
+    time.sleep(1)
+    results: dict[str, list[dict[str, float]]] = {"hello": [], "ours": []}
     try:
-        for n in workers:
-            port = free_port()
-            procs.append(subprocess.Popen([sys.executable, str(HERE / "hello.py"), str(port),
-                                           str(n)]))
-            runs[f"bare, {n} worker{'s' * (n > 1)}"] = (port, work / "none.txt")
-        time.sleep(1.5)
-        for n in workers:
-            config, tokens = prepare(work / f"single{n}", 500)
-            (work / f"tokens{n}.txt").write_text("\n".join(tokens) + "\n")
-            port = free_port()
-            procs.append(start_server(config, port, "--rate", "100", "--burst", "1000",
-                                      "--workers", str(n)))
-            runs[f"ours, {n} worker{'s' * (n > 1)}"] = (port, work / f"tokens{n}.txt")
-            configs.append(config)
-        results: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
-        for port, tokens_file in runs.values():  # warm-up
-            wrk(port, 2, tokens_file, work / "body.json")
+        wrk(hello_port, 2, work / "tokens.txt", work / "body.json")  # warm-up
+        wrk(port, 2, work / "tokens.txt", work / "body.json")
         for _ in range(rounds):
-            for name, (port, tokens_file) in runs.items():
-                results[name].append(wrk(port, seconds, tokens_file, work / "body.json"))
+            for name, p in (("hello", hello_port), ("ours", port)):
+                results[name].append(wrk(p, seconds, work / "tokens.txt", work / "body.json"))
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
-    stored = sum(len(landing.read_events(c.landing_db)) for c in configs)
+        hello.terminate()
+        ours.terminate()
+        ours.wait(30)
+    stored = len(landing.read_events(config.landing_db))
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("rps", "p50", "p99")}
            for k, v in results.items()}
     print("\n== single-event requests, wrk -t2 -c16, keep-alive ==")
-    for name in runs:
-        line = ", ".join(f"{r['rps']:.0f}" for r in results[name])
-        print(f"{name:22s} median {med[name]['rps']:8.0f} req/s  p50 {med[name]['p50']:6.2f} ms"
-              f"  p99 {med[name]['p99']:6.2f} ms   (runs: {line})")
-    reference = med["bare, 1 worker"]["rps"]
-    for n in workers:
-        ours = med[f"ours, {n} worker{'s' * (n > 1)}"]["rps"]
-        alike = med[f"bare, {n} worker{'s' * (n > 1)}"]["rps"]
-        print(f"ours with {n} worker{'s' * (n > 1)}: {ours / reference:.2f}x the one-worker bare "
-              f"endpoint, {ours / alike:.2f}x the bare endpoint with as many workers")
-    print("target: >= 0.65x the bare endpoint; p99 <= 20 ms")
+    for name, label in (("hello", "bare ASGI hello-world"), ("ours", "kiro-activity ingest")):
+        runs = ", ".join(f"{r['rps']:.0f}" for r in results[name])
+        print(f"{label:24s} median {med[name]['rps']:8.0f} req/s  p50 {med[name]['p50']:6.2f} ms"
+              f"  p99 {med[name]['p99']:6.2f} ms   (runs: {runs})")
+    ratio = med["ours"]["rps"] / med["hello"]["rps"]
+    print(f"ratio ours/bare: {ratio:.2f}  (target >= 0.65; p99 target <= 20 ms)")
     print(f"events stored durably during the run: {stored}")
 
 
-def bulk(work: Path, events: int, workers: int, batch: int = 10_000) -> None:
-    config, tokens = prepare(work / f"bulk{workers}", 1)
+def bulk(work: Path, events: int, batch: int = 10_000) -> None:
+    config, tokens = prepare(work / "bulk", 1)
     rng = random.Random(2)
     lines = [orjson.dumps(request_body("userTriggerDecisionEvent", rng, ts=1764547200.0))
              for _ in range(batch)]
     port = free_port()
-    server = start_server(config, port, "--rate", "0", "--workers", str(workers))
+    server = start_server(config, port, "--rate", "0")
     payloads = []
     for i in range(events // batch):  # fresh clientTokens per batch so that nothing dedupes
         tag = f"{i:06d}".encode()
@@ -156,7 +134,7 @@ def bulk(work: Path, events: int, workers: int, batch: int = 10_000) -> None:
         server.terminate()
         server.wait(60)
     counted = len(landing.read_events(config.landing_db))
-    print(f"\n== bulk import, NDJSON batches of 10,000, 2 connections, {workers} worker(s) ==")
+    print("\n== bulk import, NDJSON batches of 10,000, 2 connections ==")
     print(f"{stored} events stored in {elapsed:.2f} s: {stored / elapsed:,.0f} events/s "
           f"(target >= 100,000); {counted} in the landing log")
 
@@ -166,16 +144,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bulk-events", type=int, default=500_000)
-    parser.add_argument("--workers", default="1,2",
-                        help="worker counts to measure, comma-separated (1 comes first)")
     args = parser.parse_args()
-    workers = sorted({1, *(int(n) for n in args.workers.split(","))})
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     with tempfile.TemporaryDirectory(prefix="kiro-bench-") as tmp:
-        single(Path(tmp), args.seconds, args.rounds, workers)
-        for n in workers:
-            bulk(Path(tmp), args.bulk_events, n)
+        single(Path(tmp), args.seconds, args.rounds)
+        bulk(Path(tmp), args.bulk_events)
 
 
 if __name__ == "__main__":

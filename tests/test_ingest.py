@@ -21,22 +21,18 @@ AWS_JSON = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": TARGET
 REST_JSON = {"Content-Type": "application/json"}
 
 
-@pytest.fixture(scope="module", params=["fast", "asgi", "workers"])
+@pytest.fixture(scope="module", params=["fast", "asgi"])
 def server(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Every test runs against both paths of a single event: straight from the HTTP parser
-    (fastpath.py) and through ASGI; and with two HTTP worker processes in front of the landing
-    log's process (workers.py)."""
+    (fastpath.py) and through ASGI."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KIRO_ACTIVITY_FAST_PATH", "0" if request.param == "asgi" else "1")
-        extra = ("--workers", "2") if request.param == "workers" else ()
-        s = make_server(tmp_path_factory.mktemp(request.param), *extra)
+        mp.setenv("KIRO_ACTIVITY_FAST_PATH", "1" if request.param == "fast" else "0")
+        s = make_server(tmp_path_factory.mktemp(request.param))
     yield s
     health = httpx.get(f"{s.url}/health").json()
     s.stop()
-    assert s.proc is not None and s.proc.returncode in (0, -15)  # a clean stop on SIGTERM
-    if request.param != "workers":  # /health answers for the one worker that takes it
-        assert (health["fast_path_requests"] > 0) == (request.param == "fast")
+    assert (health["fast_path_requests"] > 0) == (request.param == "fast")
 
 
 def post(client: httpx.Client, body: Any, protocol: str = "aws", **headers: str) -> httpx.Response:

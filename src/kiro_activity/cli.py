@@ -66,16 +66,12 @@ def _control(ctx: click.Context) -> sqlite3.Connection:
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 @click.option("--schedule/--no-schedule", default=True, show_default=True,
               help="Produce and deliver reports at 00:00 UTC.")
-@click.option("--workers", type=click.IntRange(1, 64),
-              help="HTTP worker processes in front of the one landing-log process (1: all in "
-                   "one process). [default: 1]")
 @click.option("--fake-clock-start", hidden=True,
               help="Testing aid: run the service's clock from this ISO time.")
-@click.option("--worker-fds", hidden=True, help="Internal: run as a worker of `serve --workers`.")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: float | None,
-          max_body_bytes: int | None, access_log: bool, schedule: bool, workers: int | None,
-          fake_clock_start: str | None, worker_fds: str | None) -> None:
+          max_body_bytes: int | None, access_log: bool, schedule: bool,
+          fake_clock_start: str | None) -> None:
     """Serve SendTelemetryEvent (awsJson 1.0 and restJson1) and the bulk-import endpoint,
     and deliver each enabled account's report at 00:00 UTC."""
     import uvicorn
@@ -86,36 +82,17 @@ def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: f
     config = Config.from_environ(
         data_dir=ctx.obj.data_dir, host=host, port=port, rate_per_token=rate,
         burst_per_token=burst, max_body_bytes=max_body_bytes, schedule=schedule,
-        workers=workers,
     )
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store.connect(config.control_db).close()
+    click.echo(f"kiro-activity serving on http://{host}:{port} (data in {config.data_dir})",
+               err=True)
     clock = time.time
     if fake_clock_start:
         start, t0 = datetime.fromisoformat(fake_clock_start).timestamp(), time.monotonic()
 
         def clock() -> float:
             return start + (time.monotonic() - t0)
-    if worker_fds:
-        from .workers import run_worker
-
-        run_worker(config, clock, worker_fds, access_log)
-        return
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    store.connect(config.control_db).close()
-    click.echo(f"kiro-activity serving on http://{host}:{port} (data in {config.data_dir}"
-               + (f"; {config.workers} workers" if config.workers > 1 else "") + ")", err=True)
-    if config.workers > 1:
-        from .workers import supervise
-
-        # the workers read the same environment; what the options set is passed on
-        args = [sys.executable, "-m", "kiro_activity", "--data-dir", str(config.data_dir),
-                "serve", "--host", host, "--port", str(port),
-                "--rate", str(config.rate_per_token), "--burst", str(config.burst_per_token),
-                "--max-body-bytes", str(config.max_body_bytes), "--no-schedule",
-                "--access-log" if access_log else "--no-access-log"]
-        if fake_clock_start:
-            args += ["--fake-clock-start", fake_clock_start]
-        supervise(config, clock, config.workers, args)
-        return
     app = create_app(config, clock=clock)
     uvicorn.run(app, host=host, port=port, loop="uvloop",
                 http=protocol_for(app) if config.fast_path else "httptools",

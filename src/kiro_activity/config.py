@@ -41,8 +41,6 @@ class Config:
     writer_principal: str = "q.amazonaws.com"
     #: answer single telemetry events straight from the HTTP parser (:mod:`.fastpath`)
     fast_path: bool = True
-    #: HTTP worker processes in front of the one landing-log process (:mod:`.workers`)
-    workers: int = 1
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:

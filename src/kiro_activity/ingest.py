@@ -36,7 +36,6 @@ from .landing import LandingLog, LandingRecord
 from .metrics import deltas
 from .schedule import Scheduler
 from .store import Principal
-from .storelink import RemoteLanding
 from .web import WebPages
 
 log = logging.getLogger(__name__)
@@ -61,14 +60,14 @@ _PROCESS_ID = uuid.uuid4().hex[:12]
 
 
 class IngestApp:
-    """The ASGI application. Owns the landing log's writer thread during its lifespan."""
+    """The ASGI application. Owns the landing log during its lifespan."""
 
-    def __init__(self, config: Config, *, landing: LandingLog | RemoteLanding | None = None,
+    def __init__(self, config: Config, *, landing: LandingLog | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
         self._own_landing = landing is None
-        self.landing: LandingLog | RemoteLanding = landing or LandingLog(
+        self.landing = landing or LandingLog(
             config.landing_db, clock=clock, max_group=config.max_group_commit,
             retention_days=config.retention_days,
         )
@@ -111,8 +110,6 @@ class IngestApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                if isinstance(self.landing, RemoteLanding):
-                    await self.landing.connect()
                 if self.scheduler is not None:
                     self._tasks.append(asyncio.create_task(
                         self.scheduler.run(self._stop, self._barrier)))
@@ -127,8 +124,7 @@ class IngestApp:
                 return
 
     async def _barrier(self) -> None:
-        """Wait until every group handed to the landing writer so far is committed."""
-        assert isinstance(self.landing, LandingLog)  # workers never run the scheduler
+        """Wait until every group taken by the landing log so far is durable."""
         await self.landing.barrier()
 
     async def _route(self, method: str, path: str, headers: dict[str, str],
