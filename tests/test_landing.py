@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,12 @@ from hypothesis import strategies as st
 from kiro_activity import store
 from kiro_activity.auth import Authenticator, RateLimiter
 from kiro_activity.body import read_body
-from kiro_activity.errors import AccessDeniedError, ThrottlingError, ValidationError
+from kiro_activity.errors import (
+    AccessDeniedError,
+    StoreUnavailableError,
+    ThrottlingError,
+    ValidationError,
+)
 from kiro_activity.landing import LandingLog, LandingRecord, read_events
 
 
@@ -95,6 +101,109 @@ def test_writer_survives_a_failing_commit(tmp_path: Path) -> None:
         log.run_in_writer(lambda c: c.execute("PRAGMA query_only=0"))
         assert log.append_sync([record("x")]) == 1
         assert log.healthy
+    finally:
+        log.close()
+
+
+def test_a_dead_sync_helper_is_replaced_and_the_group_still_synced(tmp_path: Path) -> None:
+    log = LandingLog(tmp_path / "landing.db")
+
+    async def main() -> list[int]:
+        first = await log.append([record("one")])
+        assert log._sync is not None
+        helper = log._sync.proc
+        helper.kill()  # the next group is asked of a dead helper
+        helper.wait()
+        second = await log.append([record("two")])
+        assert log._sync.proc is not helper and log._sync.proc.poll() is None
+        return [first, second, await log.append([record("three")])]
+
+    try:
+        assert asyncio.run(main()) == [1, 1, 1]
+        assert log.healthy
+    finally:
+        log.close()
+    assert [r["client_token"] for r in read_events(tmp_path / "landing.db")] == [
+        "one", "two", "three"]
+
+
+def test_a_failed_sync_answers_503_and_a_retry_is_not_stored_twice(tmp_path: Path) -> None:
+    """fdatasync failing (an I/O error) after the insert: the waiters get 503; the rows are in
+    the log, so their clientTokens count as seen and the client's retry is not stored again."""
+    log = LandingLog(tmp_path / "landing.db")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # fdatasync of a FIFO fails with EINVAL: a stand-in for EIO
+    real_wal, log.wal_path = log.wal_path, fifo
+
+    async def main() -> None:
+        with pytest.raises(StoreUnavailableError, match="may not be on disk"):
+            await log.append([record("retry-me")])
+        assert not log.healthy
+        assert log._sync is not None
+        log._sync.close()
+        log._sync = None
+        log.wal_path = real_wal
+        assert await log.append([record("retry-me")]) == 0  # a repeat: stored once already
+        assert await log.append([record("new")]) == 1
+        assert log.healthy
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.close()
+    tokens = [r["client_token"] for r in read_events(tmp_path / "landing.db")]
+    assert tokens == ["retry-me", "new"]
+
+
+def test_a_sync_helper_that_cannot_start_gives_503_not_a_hang(tmp_path: Path) -> None:
+    log = LandingLog(tmp_path / "landing.db")
+    real_wal, log.wal_path = log.wal_path, tmp_path / "missing" / "landing.db-wal"
+
+    async def main() -> None:
+        for token in ("a", "b"):  # one new helper per group, no spinning
+            with pytest.raises(StoreUnavailableError, match="may not be on disk"):
+                await asyncio.wait_for(log.append([record(token)]), timeout=10)
+        assert log._sync is not None
+        log._sync.close()
+        log._sync, log.wal_path = None, real_wal
+        assert await log.append([record("a")]) == 0  # stored, not durable-for-sure: no twice
+        assert await log.append([record("c")]) == 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.close()
+
+
+def test_barrier_waits_for_the_group_in_flight_and_not_for_later_ones(tmp_path: Path) -> None:
+    """The daily run's barrier: what was taken before it is durable when it returns, and
+    traffic that never pauses does not keep it waiting."""
+    log = LandingLog(tmp_path / "landing.db")
+
+    async def main() -> None:
+        first = asyncio.ensure_future(log.append([record("first")]))
+        while log._group is None:  # the group is taken, inserted, and waits for its sync
+            await asyncio.sleep(0)
+        assert not first.done()
+        await log.barrier()
+        assert first.done() and first.result() == 1
+        stop = asyncio.Event()
+
+        async def traffic(n: int) -> None:
+            i = 0
+            while not stop.is_set():
+                await log.append([record(f"t{n}-{i}")])
+                i += 1
+
+        senders = [asyncio.ensure_future(traffic(n)) for n in range(8)]
+        await asyncio.sleep(0.2)
+        for _ in range(20):
+            await asyncio.wait_for(log.barrier(), timeout=5)
+        stop.set()
+        await asyncio.gather(*senders)
+
+    try:
+        asyncio.run(main())
     finally:
         log.close()
 

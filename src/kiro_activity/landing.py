@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -146,6 +147,7 @@ while True:
     os.write(answers, asked[-8:] + error.to_bytes(8, "little"))
 """
 BIG_GROUP = 256  # rows from which a group is inserted on a thread (bulk import)
+COUNTERS_EVERY = 0.05  # seconds between writes of the per-user-day counters
 
 
 class WalSync:
@@ -168,6 +170,7 @@ class WalSync:
         os.close(answers_w)
         os.set_blocking(self._answers, False)
         self.loop.add_reader(self._answers, self._read)
+        self._answered = False
 
     def ask(self) -> int:
         """Ask for a sync of everything written so far; returns the number of the request."""
@@ -181,18 +184,25 @@ class WalSync:
             data = os.read(self._answers, 65536)
         except BlockingIOError:
             return
-        if not data:  # the helper died: start another; it syncs everything written so far
+        if not data:  # the helper died: start another, which syncs everything written so far
+            never_worked = not self._answered
             log.error("the WAL sync helper exited (code %s); starting another", self.proc.wait())
             self.close()
             self._start()
-            os.write(self._requests, self.asked.to_bytes(8, "little"))
+            if never_worked:  # it cannot even start (the WAL gone?): 503, not a spin
+                self.on_synced(self.asked, errno.EIO)
+            else:
+                with contextlib.suppress(OSError):
+                    os.write(self._requests, self.asked.to_bytes(8, "little"))
             return
+        self._answered = True
         for at in range(0, len(data) - len(data) % 16, 16):
             self.on_synced(int.from_bytes(data[at:at + 8], "little"),
                            int.from_bytes(data[at + 8:at + 16], "little"))
 
     def close(self) -> None:
-        self.loop.remove_reader(self._answers)
+        with contextlib.suppress(RuntimeError):  # the loop may be closed already
+            self.loop.remove_reader(self._answers)
         for fd in (self._requests, self._answers):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -202,10 +212,11 @@ class WalSync:
 
 @dataclass(slots=True)
 class _Group:
-    """A group inserted and waiting for its sync."""
+    """A group being inserted, then synced."""
 
     waiters: list[tuple[Sequence[LandingRecord], asyncio.Future[int]]]
     prepared: _Prepared
+    done: asyncio.Future[None]
     last_seq: int = 0
     ticket: int = 0
 
@@ -222,7 +233,8 @@ class LandingLog:
         self.max_group = max_group
         self._conn = connect(path)
         self._conn.execute("PRAGMA synchronous=NORMAL")  # the WAL is synced after each group
-        self._wal_fd = os.open(f"{path}-wal", os.O_RDWR | os.O_CREAT, 0o644)
+        self.wal_path = Path(f"{path}-wal")  # what the helper syncs
+        self._wal_fd = os.open(self.wal_path, os.O_RDWR | os.O_CREAT, 0o644)
         self.seen = DedupeIndex(retention_days)
         now_us = int(clock() * 1_000_000)
         self.seen.load(self._conn.execute(
@@ -234,13 +246,14 @@ class LandingLog:
         if recovered:
             log.info("counters brought up to date with %d events past their watermark", recovered)
         self.counters = counters.Counters()
-        self._flush_scheduled = False
+        self._counters_at = time.monotonic()  # when they were last written out
+        self._counters_timer = False
         self._bulk = ThreadPoolExecutor(1, thread_name_prefix="landing-bulk")
         self._lock = threading.Lock()  # one user of the connection at a time
         self._inflight: set[int] = set()
         self._pending: deque[tuple[Sequence[LandingRecord], asyncio.Future[int]]] = deque()
-        self._group: _Group | None = None  # inserted, waiting for its sync
-        self._cycle: asyncio.Future[None] | None = None  # done when no group is in flight
+        self._group: _Group | None = None  # being inserted or synced
+        self._busy = False  # a group is in flight or about to be taken
         self._sync: WalSync | None = None
         self.commits = 0
         self.healthy = True
@@ -266,18 +279,20 @@ class LandingLog:
         many were new once they are durable, or the error that kept them from the disk."""
         fut: asyncio.Future[int] = loop.create_future()
         self._pending.append((records, fut))
-        if self._cycle is None:
-            self._cycle = loop.create_future()
+        if not self._busy:
+            self._busy = True
             loop.call_soon(self._flush, loop)
         return fut
 
     async def barrier(self) -> None:
-        """Wait until every group taken so far is durable (on the loop's thread)."""
-        while self._cycle is not None:
-            await asyncio.shield(self._cycle)
+        """Wait until the group in flight, if any, is durable (on the loop's thread): every
+        event with a receipt time before now is then on disk; later ones get later times."""
+        group = self._group
+        if group is not None:
+            await asyncio.shield(group.done)
 
     def append_sync(self, records: Sequence[LandingRecord]) -> int:
-        """Blocking form of :meth:`append`, for callers without an event loop."""
+        """Blocking form of :meth:`append`, for callers without a running event loop."""
         prepared = self._prepare([records])
         try:
             with self._lock:
@@ -291,11 +306,12 @@ class LandingLog:
         return prepared.counts[0]
 
     def run_in_writer(self, fn: Callable[[sqlite3.Connection], object]) -> object:
-        """Run ``fn(conn)`` on the writer's connection between groups (maintenance, tests)."""
+        """Run ``fn(conn)`` on the writer's connection between inserts (maintenance, tests)."""
         with self._lock:
             return fn(self._conn)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take the pending requests as one group, insert it and ask for its sync."""
         waiters: list[tuple[Sequence[LandingRecord], asyncio.Future[int]]] = []
         size = 0
         while self._pending and (not waiters
@@ -303,30 +319,39 @@ class LandingLog:
             item = self._pending.popleft()
             waiters.append(item)
             size += len(item[0])
-        group = _Group(waiters, self._prepare([records for records, _ in waiters]))
-        self._group = group
-        if len(group.prepared.rows) >= BIG_GROUP:
-            done = loop.run_in_executor(self._bulk, self._insert, group.prepared)
-            done.add_done_callback(lambda f: self._inserted(loop, group, f.exception(),
-                                                            None if f.exception() else f.result()))
-            return
         try:
-            last_seq = self._insert(group.prepared)
-        except Exception as exc:
-            self._inserted(loop, group, exc, None)
+            prepared = self._prepare([records for records, _ in waiters])
+        except Exception as exc:  # a bug, not the disk: answer 500 and go on
+            log.exception("could not prepare a group")
+            for _, fut in waiters:
+                if not fut.done():
+                    fut.set_exception(exc)
+            self._next(loop)
             return
-        self._inserted(loop, group, None, last_seq)
+        group = _Group(waiters, prepared, loop.create_future())
+        self._group = group
+        if len(prepared.rows) >= BIG_GROUP:  # bulk: SQLite releases the GIL on the thread
+            done = loop.run_in_executor(self._bulk, self._insert, prepared)
+            done.add_done_callback(lambda f: self._inserted(loop, group, f))
+            return
+        inserted: asyncio.Future[int] = loop.create_future()
+        try:
+            inserted.set_result(self._insert(prepared))
+        except Exception as exc:
+            inserted.set_exception(exc)
+        self._inserted(loop, group, inserted)
 
     def _insert(self, prepared: _Prepared) -> int:
         with self._lock:
             return _insert(self._conn, prepared.rows)
 
     def _inserted(self, loop: asyncio.AbstractEventLoop, group: _Group,
-                  error: BaseException | None, last_seq: int | None) -> None:
-        if error is not None:
-            self._finish(loop, group, self._failed(group.prepared, error))
+                  inserted: asyncio.Future[int]) -> None:
+        error = None if inserted.cancelled() else inserted.exception()
+        if inserted.cancelled() or error is not None:
+            self._finish(loop, group, self._failed(group.prepared, error or Exception("closed")))
             return
-        group.last_seq = last_seq or 0
+        group.last_seq = inserted.result()
         if not group.prepared.rows:  # nothing new: nothing to sync
             self._settle(group.prepared, group.last_seq)
             self._finish(loop, group, None)
@@ -334,28 +359,30 @@ class LandingLog:
         if self._sync is None or self._sync.loop is not loop:
             if self._sync is not None:
                 self._sync.close()
-            self._sync = WalSync(Path(f"{self.path}-wal"), loop,
-                                 lambda ticket, errno: self._synced(loop, ticket, errno))
+            self._sync = WalSync(self.wal_path, loop,
+                                 lambda ticket, code: self._synced(loop, ticket, code))
         group.ticket = self._sync.ask()
 
-    def _synced(self, loop: asyncio.AbstractEventLoop, ticket: int, errno: int) -> None:
+    def _synced(self, loop: asyncio.AbstractEventLoop, ticket: int, code: int) -> None:
         group = self._group
         if group is None or ticket < group.ticket:
             return  # an answer to an earlier request
         self._settle(group.prepared, group.last_seq)  # stored either way: see the docstring
         error = None
-        if errno:
+        if code:
             self.healthy = False
             log.error("the landing log's WAL could not be synced (%s); answering 503",
-                      os.strerror(errno))
+                      os.strerror(code))
             error = StoreUnavailableError(
-                f"the event may not be on disk ({os.strerror(errno)}); retry with the same "
+                f"the event may not be on disk ({os.strerror(code)}); retry with the same "
                 "clientToken")
         self._finish(loop, group, error)
 
     def _finish(self, loop: asyncio.AbstractEventLoop, group: _Group,
                 error: Exception | None) -> None:
+        """Answer the group's waiters, then write the counters if due, then the next group."""
         self._group = None
+        group.done.set_result(None)
         for (_, fut), count in zip(group.waiters, group.prepared.counts, strict=True):
             if fut.done():  # the client went away; the event is stored anyway
                 continue
@@ -363,23 +390,27 @@ class LandingLog:
                 fut.set_result(count)
             else:
                 fut.set_exception(error)
+        if self.counters.pending.cells:
+            if time.monotonic() - self._counters_at >= COUNTERS_EVERY:
+                self._flush_counters(loop)
+            elif not self._counters_timer:
+                self._counters_timer = True
+                loop.call_later(COUNTERS_EVERY, self._flush_counters, loop)
+        self._next(loop)
+
+    def _next(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._pending:
             self._flush(loop)
-            return
-        cycle, self._cycle = self._cycle, None
-        if cycle is not None and not cycle.done():
-            cycle.set_result(None)
-        if error is None and not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_later(0.05, self._flush_counters, loop)
+        else:
+            self._busy = False
 
     def _flush_counters(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the loop, between groups: write out the counters (kept and retried on failure)."""
-        self._flush_scheduled = False
-        if self._cycle is not None:  # a group is in flight: after it
-            self._flush_scheduled = True
-            loop.call_later(0.05, self._flush_counters, loop)
-            return
+        """On the loop, never during an insert: write out the counters (kept and retried on
+        failure). Under load this happens between groups; when idle, from a timer."""
+        self._counters_timer = False
+        if self._group is not None:
+            return  # a group is in flight: its _finish writes them
+        self._counters_at = time.monotonic()
         with self._lock:
             self._flush_counters_now()
 
