@@ -11,6 +11,7 @@ recomputed from the raw events, on open (:func:`recover`) and by readers (:func:
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -70,13 +71,13 @@ class GroupCounts:
             self.interactions.add((*key, interaction[0], interaction[1]))
 
     def merge(self, other: GroupCounts) -> None:
+        """Add ``other`` in; ``other`` must not be used afterwards (its lists are taken over)."""
         for key, cell in other.cells.items():
             mine = self.cells.get(key)
             if mine is None:
-                self.cells[key] = list(cell)
+                self.cells[key] = cell
             else:
-                for i, v in enumerate(cell):
-                    mine[i] += v
+                mine[:] = map(operator.add, mine, cell)
         self.interactions |= other.interactions
 
 
