@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiro_activity import store
+from kiro_activity import landing, store
 from kiro_activity.auth import Authenticator, RateLimiter
 from kiro_activity.body import read_body
 from kiro_activity.errors import (
@@ -105,17 +106,18 @@ def test_writer_survives_a_failing_commit(tmp_path: Path) -> None:
         log.close()
 
 
-def test_a_dead_sync_helper_is_replaced_and_the_group_still_synced(tmp_path: Path) -> None:
+def test_a_killed_writer_process_is_replaced(tmp_path: Path) -> None:
     log = LandingLog(tmp_path / "landing.db")
 
     async def main() -> list[int]:
         first = await log.append([record("one")])
-        assert log._sync is not None
-        helper = log._sync.proc
-        helper.kill()  # the next group is asked of a dead helper
-        helper.wait()
+        assert log._writer is not None
+        writer = log._writer.proc
+        writer.kill()  # between groups
+        writer.wait()
+        await asyncio.sleep(0.05)  # the loop notices
         second = await log.append([record("two")])
-        assert log._sync.proc is not helper and log._sync.proc.poll() is None
+        assert log._writer.proc is not writer and log._writer.proc.poll() is None
         return [first, second, await log.append([record("three")])]
 
     try:
@@ -127,24 +129,24 @@ def test_a_dead_sync_helper_is_replaced_and_the_group_still_synced(tmp_path: Pat
         "one", "two", "three"]
 
 
-def test_a_failed_sync_answers_503_and_a_retry_is_not_stored_twice(tmp_path: Path) -> None:
-    """fdatasync failing (an I/O error) after the insert: the waiters get 503; the rows are in
-    the log, so their clientTokens count as seen and the client's retry is not stored again."""
+def test_a_group_lost_with_its_writer_is_refused_and_its_retry_stored_once(
+        tmp_path: Path) -> None:
+    """The writer dies holding a group it never committed: 503, and the retry is stored."""
     log = LandingLog(tmp_path / "landing.db")
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)  # fdatasync of a FIFO fails with EINVAL: a stand-in for EIO
-    real_wal, log.wal_path = log.wal_path, fifo
 
     async def main() -> None:
-        with pytest.raises(StoreUnavailableError, match="may not be on disk"):
-            await log.append([record("retry-me")])
+        assert await log.append([record("warm-up")]) == 1
+        assert log._writer is not None
+        writer = log._writer.proc
+        os.kill(writer.pid, signal.SIGSTOP)  # it cannot read the next group
+        pending = asyncio.ensure_future(log.append([record("lost")]))
+        while log._group is None:
+            await asyncio.sleep(0)
+        writer.kill()
+        with pytest.raises(StoreUnavailableError, match="writer process died"):
+            await asyncio.wait_for(pending, timeout=10)
         assert not log.healthy
-        assert log._sync is not None
-        log._sync.close()
-        log._sync = None
-        log.wal_path = real_wal
-        assert await log.append([record("retry-me")]) == 0  # a repeat: stored once already
-        assert await log.append([record("new")]) == 1
+        assert await log.append([record("lost")]) == 1  # the retry: stored, once
         assert log.healthy
 
     try:
@@ -152,27 +154,27 @@ def test_a_failed_sync_answers_503_and_a_retry_is_not_stored_twice(tmp_path: Pat
     finally:
         log.close()
     tokens = [r["client_token"] for r in read_events(tmp_path / "landing.db")]
-    assert tokens == ["retry-me", "new"]
+    assert tokens == ["warm-up", "lost"]
 
 
-def test_a_sync_helper_that_cannot_start_gives_503_not_a_hang(tmp_path: Path) -> None:
+def test_a_writer_that_cannot_start_gives_503_not_a_hang(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = LandingLog(tmp_path / "landing.db")
-    real_wal, log.wal_path = log.wal_path, tmp_path / "missing" / "landing.db-wal"
+    monkeypatch.setattr(landing.sys, "executable", "/bin/false")
 
     async def main() -> None:
-        for token in ("a", "b"):  # one new helper per group, no spinning
-            with pytest.raises(StoreUnavailableError, match="may not be on disk"):
+        for token in ("a", "b"):  # one new writer per group, no spinning
+            with pytest.raises(StoreUnavailableError):
                 await asyncio.wait_for(log.append([record(token)]), timeout=10)
-        assert log._sync is not None
-        log._sync.close()
-        log._sync, log.wal_path = None, real_wal
-        assert await log.append([record("a")]) == 0  # stored, not durable-for-sure: no twice
-        assert await log.append([record("c")]) == 1
+        monkeypatch.undo()
+        assert await log.append([record("a")]) == 1  # nothing was stored: now it is
+        assert await log.append([record("a")]) == 0
 
     try:
         asyncio.run(main())
     finally:
         log.close()
+    assert len(read_events(tmp_path / "landing.db")) == 1
 
 
 def test_barrier_waits_for_the_group_in_flight_and_not_for_later_ones(tmp_path: Path) -> None:

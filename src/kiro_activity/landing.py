@@ -1,28 +1,23 @@
 """The landing log: every acknowledged event, durably, exactly once.
 
-Request handlers add their records to the pending group and wait. While one group is being made
-durable, the next one gathers; when that ends, everything gathered is prepared (receipt time,
-dedupe), inserted in one SQLite transaction on the event loop's thread, and then made durable by
-one ``fdatasync`` of the write-ahead log, done by a small helper process (:class:`WalSync`);
-when the helper answers, the waiters are released. So durability costs one sync per group of
-concurrent requests, not one per request, and a 200 is never sent for an event not on disk.
+Request handlers add their records to the pending group and wait. While one group is being
+committed, the next one gathers; when the commit ends, everything gathered is prepared on the
+event loop (receipt time, dedupe, the rows) and handed to the **writer process**
+(:mod:`.writer`), which inserts it in one SQLite transaction (WAL, ``synchronous=FULL``: one
+fsync for the whole group), adds it to the per-user-day counters, and answers; only then are the
+waiters released. So durability costs one fsync per group of concurrent requests, not one per
+request, and a 200 is never sent for an event not on disk.
 
-Why a helper process and ``synchronous=NORMAL``: SQLite's own ``synchronous=FULL`` syncs the WAL
-inside the commit, so the commit must run on a thread of its own to keep the event loop going,
-and under load each return from SQLite must then win the GIL back from the busy loop, which cost
-more than the insert itself (measured: handing each group to a writer thread and back, with the
-commit made a no-op, already halved the rate). With ``synchronous=NORMAL`` SQLite writes the
-WAL at commit without syncing it, and syncs the WAL before each checkpoint and the database
-after it, so a checkpoint never loses what was synced; the helper's ``fdatasync`` of the WAL
-after the commit then makes the transaction exactly as durable as ``FULL`` would. The loop only
-writes eight bytes to a pipe and is woken when the answer comes; no thread needs the GIL.
-Large groups (bulk import) are inserted on a thread, where SQLite releases the GIL, so the loop
-parses the next batch meanwhile.
+Why a process: the insert, the fsync and the counters cost the event loop as much CPU as all
+the rest of a request (measured: with the insert done on the loop, skipping it alone gave 1.44x,
+skipping the counters 1.14x), and a writer *thread* must win the GIL back from the busy loop
+after every SQLite call. The writer process has its own interpreter and core; the loop only
+pickles the group's rows (a few microseconds each) and reads a short answer.
 
-Rows are visible to readers from the insert on, a few hundred microseconds before they are
-synced; readers that must see only durable rows (the daily run) wait on :meth:`barrier`. If the
-sync fails (an I/O error), the waiters get 503 but the rows stay stored and their clientTokens
-count as seen, so a retry is not stored twice.
+If the writer process dies, another is started; the group that was in flight is stored if and
+only if its rows are visible in the database (a commit becomes visible only after its fsync),
+and answered accordingly. Readers that must see every acknowledged row of a day (the daily run)
+wait on :meth:`LandingLog.barrier`.
 
 Exactly once: a repeated clientToken of the same user within the retention is recognised by the
 in-memory :class:`~.dedupe.DedupeIndex` (kept off disk so that writes stay sequential) and not
@@ -36,18 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import logging
-import os
+import pickle
+import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,22 +99,25 @@ class LandingRecord:
     interaction: tuple[str | None, ...] | None = None
 
 
+#: per row, what it adds to its user-day's counters: (amounts, interaction), or None when they
+#: are to be worked out from the stored body
+Extra = tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None] | None
+
+
 @dataclass(slots=True)
 class _Prepared:
     """A group ready for the writer: rows to insert and what each waiter gets back."""
 
     rows: list[tuple[object, ...]]
+    extra: list[Extra]
     counts: list[int]
     keys: set[int]
     day: int
-    totals: GroupCounts
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open the landing database; the schema is created on first open.
-
-    Every connection syncs as ``FULL`` (each commit is durable on its own), except the landing
-    log's writer, which syncs the WAL itself after each group (:class:`LandingLog`)."""
+    """Open the landing database (WAL, every commit fsync'd); the schema is created on first
+    open."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -130,99 +128,93 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-#: the helper: read sync requests (8-byte sequence numbers), fdatasync the WAL once for all of
-#: those read, answer the last one with the errno (0: durable). Exits when the pipe closes.
-_SYNC_HELPER = """
-import os, sys
-wal, requests, answers = os.open(sys.argv[1], os.O_RDWR), int(sys.argv[2]), int(sys.argv[3])
-while True:
-    asked = os.read(requests, 65536)
-    if not asked:
-        break
-    try:
-        os.fdatasync(wal)
-        error = 0
-    except OSError as exc:
-        error = exc.errno or 5
-    os.write(answers, asked[-8:] + error.to_bytes(8, "little"))
-"""
-BIG_GROUP = 256  # rows from which a group is inserted on a thread (bulk import)
-COUNTERS_EVERY = 0.05  # seconds between writes of the per-user-day counters
+def counts_of(rows: Sequence[tuple[object, ...]], extra: Sequence[Extra]) -> GroupCounts:
+    """What a group's rows add to the per-user-day counters."""
+    totals = GroupCounts()
+    for row, more in zip(rows, extra, strict=True):
+        received_us, account_id, user_id, member = row[0], row[1], row[2], row[3]
+        if more is None:
+            amounts, interaction = counters.amounts_of(
+                str(member), row[10], row[8])  # type: ignore[arg-type]
+        else:
+            amounts, interaction = more
+        totals.add((str(account_id), int(received_us) // DAY_US,  # type: ignore[call-overload]
+                    str(user_id)), amounts, interaction)
+    return totals
 
 
-class WalSync:
-    """``fdatasync`` of the WAL file in a helper process, asked for and answered through pipes
-    watched by the event loop."""
+class _WriterLink:
+    """The writer process and its end of the socket pair, watched by the event loop."""
 
-    def __init__(self, wal: Path, loop: asyncio.AbstractEventLoop,
-                 on_synced: Callable[[int, int], None]) -> None:
-        self.wal, self.loop, self.on_synced = wal, loop, on_synced
-        self.asked = 0
-        self._start()
-
-    def _start(self) -> None:
-        requests_r, self._requests = os.pipe()
-        self._answers, answers_w = os.pipe()
+    def __init__(self, db: Path, loop: asyncio.AbstractEventLoop,
+                 on_answer: Callable[[int, int, str | None], None],
+                 on_lost: Callable[[], None]) -> None:
+        self.loop, self.on_answer, self.on_lost = loop, on_answer, on_lost
+        self.sock, theirs = socket.socketpair()
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _SYNC_HELPER, str(self.wal), str(requests_r),
-             str(answers_w)], pass_fds=(requests_r, answers_w))
-        os.close(requests_r)
-        os.close(answers_w)
-        os.set_blocking(self._answers, False)
-        self.loop.add_reader(self._answers, self._read)
-        self._answered = False
+            [sys.executable, "-m", "kiro_activity.writer", str(db), str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),))
+        theirs.close()
+        self._buffer = bytearray()
+        loop.add_reader(self.sock.fileno(), self._read)
 
-    def ask(self) -> int:
-        """Ask for a sync of everything written so far; returns the number of the request."""
-        self.asked += 1
-        with contextlib.suppress(OSError):  # the helper is gone: _read restarts it, asks again
-            os.write(self._requests, self.asked.to_bytes(8, "little"))
-        return self.asked
+    def send(self, frame: object) -> None:
+        """Send one group (the writer is idle: one group is in flight at a time)."""
+        payload = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
+        with contextlib.suppress(OSError):  # the writer is gone: _read deals with the group
+            self.sock.sendall(_LEN.pack(len(payload)) + payload)
 
     def _read(self) -> None:
         try:
-            data = os.read(self._answers, 65536)
-        except BlockingIOError:
+            data = self.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
             return
-        if not data:  # the helper died: start another, which syncs everything written so far
-            never_worked = not self._answered
-            log.error("the WAL sync helper exited (code %s); starting another", self.proc.wait())
+        except OSError:
+            data = b""
+        if not data:
             self.close()
-            self._start()
-            if never_worked:  # it cannot even start (the WAL gone?): 503, not a spin
-                self.on_synced(self.asked, errno.EIO)
-            else:
-                with contextlib.suppress(OSError):
-                    os.write(self._requests, self.asked.to_bytes(8, "little"))
+            self.on_lost()
             return
-        self._answered = True
-        for at in range(0, len(data) - len(data) % 16, 16):
-            self.on_synced(int.from_bytes(data[at:at + 8], "little"),
-                           int.from_bytes(data[at + 8:at + 16], "little"))
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while len(buffer) - start >= _LEN.size:
+            (size,) = _LEN.unpack_from(buffer, start)
+            if len(buffer) - start - _LEN.size < size:
+                break
+            ticket, last_seq, error = pickle.loads(
+                buffer[start + _LEN.size:start + _LEN.size + size])
+            start += _LEN.size + size
+            self.on_answer(ticket, last_seq, error)
+        del buffer[:start]
 
-    def close(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop may be closed already
-            self.loop.remove_reader(self._answers)
-        for fd in (self._requests, self._answers):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
+    def close(self, wait: float = 0.0) -> int | None:
+        """Stop watching, close our end (the writer then writes its counters and exits), and
+        wait up to ``wait`` seconds for it; returns its exit code if it ended."""
+        with contextlib.suppress(RuntimeError, ValueError):  # the loop may be closed already
+            self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        try:
+            return self.proc.wait(wait) if wait else self.proc.poll()
+        except subprocess.TimeoutExpired:
+            return None
+
+
+_LEN = struct.Struct("<I")
 
 
 @dataclass(slots=True)
 class _Group:
-    """A group being inserted, then synced."""
+    """A group sent to the writer, waiting for its answer."""
 
     waiters: list[tuple[Sequence[LandingRecord], asyncio.Future[int]]]
     prepared: _Prepared
     done: asyncio.Future[None]
-    last_seq: int = 0
     ticket: int = 0
 
 
 class LandingLog:
-    """The durable, deduplicating event log with group commit."""
+    """The durable, deduplicating event log with group commit in a writer process."""
 
     def __init__(
         self, path: Path, *, clock: Callable[[], float] = time.time, max_group: int = 4096,
@@ -231,10 +223,7 @@ class LandingLog:
         self.path = path
         self.clock = clock
         self.max_group = max_group
-        self._conn = connect(path)
-        self._conn.execute("PRAGMA synchronous=NORMAL")  # the WAL is synced after each group
-        self.wal_path = Path(f"{path}-wal")  # what the helper syncs
-        self._wal_fd = os.open(self.wal_path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._conn = connect(path)  # reads, and the writes of append_sync
         self.seen = DedupeIndex(retention_days)
         now_us = int(clock() * 1_000_000)
         self.seen.load(self._conn.execute(
@@ -245,29 +234,28 @@ class LandingLog:
         recovered = counters.recover(self._conn)
         if recovered:
             log.info("counters brought up to date with %d events past their watermark", recovered)
-        self.counters = counters.Counters()
-        self._counters_at = time.monotonic()  # when they were last written out
-        self._counters_timer = False
-        self._bulk = ThreadPoolExecutor(1, thread_name_prefix="landing-bulk")
-        self._lock = threading.Lock()  # one user of the connection at a time
+        self.counters = counters.Counters()  # of append_sync; the writer process keeps its own
+        self._lock = threading.Lock()  # one user of self._conn at a time
         self._inflight: set[int] = set()
         self._pending: deque[tuple[Sequence[LandingRecord], asyncio.Future[int]]] = deque()
-        self._group: _Group | None = None  # being inserted or synced
-        self._busy = False  # a group is in flight or about to be taken
-        self._sync: WalSync | None = None
+        self._group: _Group | None = None  # with the writer
+        self._busy = False  # a group is with the writer or about to be taken
+        self._writer: _WriterLink | None = None
+        self._tickets = 0
+        self._last_seq = self._max_seq()  # the highest seq known committed
         self.commits = 0
         self.healthy = True
 
     def close(self) -> None:
-        """Write the counters and close the database (the groups in flight are synced)."""
-        self._bulk.shutdown(wait=True)
-        if self._sync is not None:
-            self._sync.close()
+        """Stop the writer process (it writes its counters first) and close the database."""
+        if self._writer is not None:
+            if self._writer.close(wait=30) is None:
+                log.error("the landing writer did not stop; killing it")
+                self._writer.proc.kill()
+            self._writer = None
         with self._lock:
-            os.fdatasync(self._wal_fd)
             self._flush_counters_now()
             self._conn.close()
-        os.close(self._wal_fd)
 
     async def append(self, records: Sequence[LandingRecord]) -> int:
         """Store records durably; returns how many were new (the rest were repeats)."""
@@ -285,33 +273,34 @@ class LandingLog:
         return fut
 
     async def barrier(self) -> None:
-        """Wait until the group in flight, if any, is durable (on the loop's thread): every
+        """Wait until the group in flight, if any, is committed (on the loop's thread): every
         event with a receipt time before now is then on disk; later ones get later times."""
         group = self._group
         if group is not None:
             await asyncio.shield(group.done)
 
     def append_sync(self, records: Sequence[LandingRecord]) -> int:
-        """Blocking form of :meth:`append`, for callers without a running event loop."""
+        """Blocking form of :meth:`append`, committed on this process's own connection, for
+        callers without a running event loop (tools, tests)."""
         prepared = self._prepare([records])
         try:
             with self._lock:
-                last_seq = _insert(self._conn, prepared.rows)
-                os.fdatasync(self._wal_fd)
+                last_seq = insert_rows(self._conn, prepared.rows)
         except Exception as exc:
             raise self._failed(prepared, exc) from exc
         self._settle(prepared, last_seq)
         with self._lock:
+            self.counters.add(counts_of(prepared.rows, prepared.extra), last_seq)
             self._flush_counters_now()
         return prepared.counts[0]
 
     def run_in_writer(self, fn: Callable[[sqlite3.Connection], object]) -> object:
-        """Run ``fn(conn)`` on the writer's connection between inserts (maintenance, tests)."""
+        """Run ``fn(conn)`` on this process's connection (maintenance, tests)."""
         with self._lock:
             return fn(self._conn)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Take the pending requests as one group, insert it and ask for its sync."""
+        """Take the pending requests as one group and send it to the writer."""
         waiters: list[tuple[Sequence[LandingRecord], asyncio.Future[int]]] = []
         size = 0
         while self._pending and (not waiters
@@ -329,58 +318,66 @@ class LandingLog:
             self._next(loop)
             return
         group = _Group(waiters, prepared, loop.create_future())
-        self._group = group
-        if len(prepared.rows) >= BIG_GROUP:  # bulk: SQLite releases the GIL on the thread
-            done = loop.run_in_executor(self._bulk, self._insert, prepared)
-            done.add_done_callback(lambda f: self._inserted(loop, group, f))
-            return
-        inserted: asyncio.Future[int] = loop.create_future()
-        try:
-            inserted.set_result(self._insert(prepared))
-        except Exception as exc:
-            inserted.set_exception(exc)
-        self._inserted(loop, group, inserted)
-
-    def _insert(self, prepared: _Prepared) -> int:
-        with self._lock:
-            return _insert(self._conn, prepared.rows)
-
-    def _inserted(self, loop: asyncio.AbstractEventLoop, group: _Group,
-                  inserted: asyncio.Future[int]) -> None:
-        error = None if inserted.cancelled() else inserted.exception()
-        if inserted.cancelled() or error is not None:
-            self._finish(loop, group, self._failed(group.prepared, error or Exception("closed")))
-            return
-        group.last_seq = inserted.result()
-        if not group.prepared.rows:  # nothing new: nothing to sync
-            self._settle(group.prepared, group.last_seq)
+        if not prepared.rows:  # nothing new: nothing to write
+            self._settle(prepared, self._last_seq)
             self._finish(loop, group, None)
             return
-        if self._sync is None or self._sync.loop is not loop:
-            if self._sync is not None:
-                self._sync.close()
-            self._sync = WalSync(self.wal_path, loop,
-                                 lambda ticket, code: self._synced(loop, ticket, code))
-        group.ticket = self._sync.ask()
+        if self._writer is None or self._writer.loop is not loop:
+            if self._writer is not None:
+                self._writer.close()
+            self._start_writer(loop)
+        assert self._writer is not None
+        self._tickets += 1
+        group.ticket = self._tickets
+        self._group = group
+        self._writer.send((group.ticket, prepared.rows, prepared.extra))
 
-    def _synced(self, loop: asyncio.AbstractEventLoop, ticket: int, code: int) -> None:
+    def _start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._writer = _WriterLink(
+            self.path, loop, lambda ticket, last_seq, error: self._answered(
+                loop, ticket, last_seq, error), lambda: self._writer_lost(loop))
+
+    def _answered(self, loop: asyncio.AbstractEventLoop, ticket: int, last_seq: int,
+                  error: str | None) -> None:
         group = self._group
-        if group is None or ticket < group.ticket:
-            return  # an answer to an earlier request
-        self._settle(group.prepared, group.last_seq)  # stored either way: see the docstring
-        error = None
-        if code:
-            self.healthy = False
-            log.error("the landing log's WAL could not be synced (%s); answering 503",
-                      os.strerror(code))
-            error = StoreUnavailableError(
-                f"the event may not be on disk ({os.strerror(code)}); retry with the same "
-                "clientToken")
-        self._finish(loop, group, error)
+        if group is None or ticket != group.ticket:
+            return
+        if error is not None:
+            self._finish(loop, group, self._failed(group.prepared, error))
+            return
+        self._last_seq = last_seq
+        self._settle(group.prepared, last_seq)
+        self._finish(loop, group, None)
+
+    def _writer_lost(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The writer process died. The group it had is stored if its rows are visible (a
+        commit is visible only once fsync'd), else it failed; a new writer takes over."""
+        assert self._writer is not None
+        code = self._writer.close(wait=5)
+        log.error("the landing writer process exited (code %s); starting another", code)
+        self._writer = None
+        group = self._group
+        if group is None:
+            return
+        try:
+            with self._lock:
+                newest = self._max_seq()
+        except sqlite3.Error as exc:
+            self._finish(loop, group, self._failed(group.prepared, exc))
+            return
+        if newest > self._last_seq:
+            self._last_seq = newest
+            self._settle(group.prepared, newest)
+            self._finish(loop, group, None)
+        else:
+            self._finish(loop, group, self._failed(group.prepared, "the writer process died"))
+
+    def _max_seq(self) -> int:
+        return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
 
     def _finish(self, loop: asyncio.AbstractEventLoop, group: _Group,
                 error: Exception | None) -> None:
-        """Answer the group's waiters, then write the counters if due, then the next group."""
+        """Answer the group's waiters, then take the next group."""
         self._group = None
         group.done.set_result(None)
         for (_, fut), count in zip(group.waiters, group.prepared.counts, strict=True):
@@ -390,12 +387,6 @@ class LandingLog:
                 fut.set_result(count)
             else:
                 fut.set_exception(error)
-        if self.counters.pending.cells:
-            if time.monotonic() - self._counters_at >= COUNTERS_EVERY:
-                self._flush_counters(loop)
-            elif not self._counters_timer:
-                self._counters_timer = True
-                loop.call_later(COUNTERS_EVERY, self._flush_counters, loop)
         self._next(loop)
 
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -403,16 +394,6 @@ class LandingLog:
             self._flush(loop)
         else:
             self._busy = False
-
-    def _flush_counters(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the loop, never during an insert: write out the counters (kept and retried on
-        failure). Under load this happens between groups; when idle, from a timer."""
-        self._counters_timer = False
-        if self._group is not None:
-            return  # a group is in flight: its _finish writes them
-        self._counters_at = time.monotonic()
-        with self._lock:
-            self._flush_counters_now()
 
     def _flush_counters_now(self) -> None:
         try:
@@ -424,10 +405,9 @@ class LandingLog:
         """Receipt time and dedupe for a group; its new keys are held as in flight."""
         received_us = int(self.clock() * 1_000_000)
         rows: list[tuple[object, ...]] = []
+        extra: list[Extra] = []
         counts: list[int] = []
         keys: set[int] = set()
-        day = received_us // DAY_US
-        totals = GroupCounts()
         self.seen.expire(received_us)
         for records in group:
             before = len(rows)
@@ -441,25 +421,19 @@ class LandingLog:
                 rows.append((received_us, r.account_id, r.user_id, r.member,
                              r.client_token, key, r.opt_out, r.client_ts, r.ide_category,
                              r.protocol, r.body))
-                amounts, interaction = r.amounts, r.interaction
-                if amounts is None:
-                    amounts, interaction = counters.amounts_of(r.member, r.body,
-                                                               r.ide_category)
-                totals.add((r.account_id, day, r.user_id), amounts, interaction)
+                extra.append(None if r.amounts is None else (r.amounts, r.interaction))
             counts.append(len(rows) - before)
         self._inflight |= keys
-        return _Prepared(rows, counts, keys, day, totals)
+        return _Prepared(rows, extra, counts, keys, received_us // DAY_US)
 
     def _settle(self, prepared: _Prepared, last_seq: int) -> None:
-        """The group is stored: its keys count as seen, its amounts go to the counters."""
+        """The group is stored: its keys count as seen from now on."""
         self._inflight -= prepared.keys
         self.seen.add(prepared.day, prepared.keys)
-        if prepared.rows:
-            self.counters.add(prepared.totals, last_seq)
         self.commits += 1
         self.healthy = True
 
-    def _failed(self, prepared: _Prepared, exc: BaseException) -> StoreUnavailableError:
+    def _failed(self, prepared: _Prepared, exc: BaseException | str) -> StoreUnavailableError:
         """The group is not stored: forget its keys so that a retry is stored."""
         self._inflight -= prepared.keys
         self.healthy = False
@@ -477,7 +451,7 @@ def _insert_sql(n: int) -> str:
     return INSERT + ",(?,?,?,?,?,?,?,?,?,?,?)" * (n - 1)
 
 
-def _insert(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> int:
+def insert_rows(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> int:
     """Insert rows atomically with as few calls into SQLite as possible (runs on the writer).
 
     A group of up to CHUNK rows is one multi-row INSERT committed on its own (autocommit: one

@@ -1,0 +1,111 @@
+"""The landing log's writer process: inserts each group, commits it durably, keeps the counters.
+
+Started by :class:`~.landing.LandingLog` as ``python -m kiro_activity.writer DB FD``. It reads
+groups from the socket ``FD``: a 4-byte length, then a pickle of ``(ticket, rows, extra)`` with
+the rows ready for :data:`~.landing.INSERT` and, per row, what it adds to the counters. Each
+group is one SQLite transaction committed with ``synchronous=FULL`` (the WAL is fsync'd before
+the commit becomes visible), and only then answered ``(ticket, last_seq, None)``; a group that
+could not be committed (disk full, I/O error) is answered ``(ticket, 0, message)`` and nothing of
+it is stored. Every few tens of milliseconds the counters of the committed groups are written
+out with their watermark (:mod:`.counters`); on start, whatever lies past the watermark is
+recounted from the raw events, so a writer that died loses nothing.
+
+The writer has its own interpreter, so the insert, the fsync and the counters take no time from
+the HTTP event loop; the loop only pickles the rows and reads the answer. Pickle is safe here:
+the socket pair is made by the parent and only it holds the other end. When the parent closes
+its end (or dies), the writer writes the counters and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import socket
+import sqlite3
+import struct
+import sys
+import time
+from pathlib import Path
+
+from . import counters, landing
+
+log = logging.getLogger("kiro_activity.writer")
+LEN = struct.Struct("<I")
+COUNTERS_EVERY = 0.05  # seconds between writes of the counters
+
+
+def frames(sock: socket.socket, buffer: bytearray) -> list[bytes] | None:
+    """The complete frames received so far (waiting up to the counters' interval for data);
+    None when the other end has closed."""
+    try:
+        data = sock.recv(1 << 20)
+    except TimeoutError:
+        return []
+    if not data:
+        return None
+    buffer += data
+    out = []
+    start = 0
+    while len(buffer) - start >= LEN.size:
+        (size,) = LEN.unpack_from(buffer, start)
+        if len(buffer) - start - LEN.size < size:
+            break
+        out.append(bytes(buffer[start + LEN.size:start + LEN.size + size]))
+        start += LEN.size + size
+    del buffer[:start]
+    return out
+
+
+def commit(conn: sqlite3.Connection, pending: counters.Counters,
+           rows: list[tuple[object, ...]], extra: list[landing.Extra]) -> int:
+    """Insert and durably commit one group; its amounts join the pending counters."""
+    last_seq = landing.insert_rows(conn, rows)
+    pending.add(landing.counts_of(rows, extra), last_seq)
+    return last_seq
+
+
+def serve(db: Path, sock: socket.socket) -> None:
+    conn = landing.connect(db)
+    recovered = counters.recover(conn)
+    if recovered:
+        log.info("counters brought up to date with %d events past their watermark", recovered)
+    pending = counters.Counters()
+    sock.settimeout(COUNTERS_EVERY)
+    buffer = bytearray()
+    written = time.monotonic()
+    try:
+        while (got := frames(sock, buffer)) is not None:
+            for frame in got:
+                ticket, rows, extra = pickle.loads(frame)
+                answer: tuple[int, int, str | None]
+                try:
+                    answer = (ticket, commit(conn, pending, rows, extra), None)
+                except Exception as exc:  # nothing of the group is stored: say why
+                    answer = (ticket, 0, f"{type(exc).__name__}: {exc}")
+                payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+                sock.sendall(LEN.pack(len(payload)) + payload)
+            if pending.pending.cells and time.monotonic() - written >= COUNTERS_EVERY:
+                written = time.monotonic()
+                _write_counters(conn, pending)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone; what was committed stays
+    finally:
+        _write_counters(conn, pending)
+        conn.close()
+
+
+def _write_counters(conn: sqlite3.Connection, pending: counters.Counters) -> None:
+    try:
+        pending.flush(conn)
+    except Exception as exc:  # the watermark did not move: recounted later, nothing is lost
+        log.warning("counters not written yet (%s); will retry", exc)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="kiro-activity writer: %(message)s")
+    db, fd = Path(sys.argv[1]), int(sys.argv[2])
+    serve(db, socket.socket(fileno=fd))
+
+
+if __name__ == "__main__":
+    main()
