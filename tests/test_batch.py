@@ -43,6 +43,18 @@ def test_batch_reports_every_line_and_stores_the_good_ones(server: Server) -> No
     assert {r["protocol"] for r in rows} == {"batch"}
 
 
+def test_a_batch_of_megabytes_is_stored_whole(server: Server) -> None:
+    """Thousands of lines make one group of several megabytes for the writer process."""
+    rng = random.Random(7)
+    lines = [request_body("userTriggerDecisionEvent", rng) for _ in range(6000)]
+    with server.client("big-batcher") as client:
+        r = client.post(BATCH, content=ndjson(lines), headers=NDJSON)
+    assert r.status_code == 200, r.text
+    assert r.json()["stored"] == 6000
+    rows = landing.read_events(server.config.landing_db, "WHERE user_id = 'big-batcher'")
+    assert len(rows) == 6000
+
+
 def test_batch_needs_a_token_and_keeps_its_limits(server: Server) -> None:
     body = ndjson([request_body("featureDevEvent", random.Random(2))])
     with server.client("batcher2") as client:

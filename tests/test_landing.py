@@ -106,6 +106,26 @@ def test_writer_survives_a_failing_commit(tmp_path: Path) -> None:
         log.close()
 
 
+def test_a_large_group_reaches_the_writer_under_uvloop(tmp_path: Path) -> None:
+    """libuv makes a watched socket non-blocking: a group of megabytes is sent as it drains."""
+    import uvloop
+
+    log = LandingLog(tmp_path / "landing.db")
+    body = b"x" * 600
+
+    async def main() -> list[int]:
+        sizes = (10_000, 3, 5_000)
+        return [await asyncio.wait_for(log.append(
+            [LandingRecord("111122223333", "u", "featureDevEvent", f"{n}-{i}", None, None,
+                           None, "test", body) for i in range(n)]), timeout=30) for n in sizes]
+
+    try:
+        assert uvloop.run(main()) == [10_000, 3, 5_000]
+    finally:
+        log.close()
+    assert len(read_events(tmp_path / "landing.db")) == 15_003
+
+
 def test_a_killed_writer_process_is_replaced(tmp_path: Path) -> None:
     log = LandingLog(tmp_path / "landing.db")
 

@@ -156,13 +156,36 @@ class _WriterLink:
             pass_fds=(theirs.fileno(),))
         theirs.close()
         self._buffer = bytearray()
+        self._out = bytearray()
+        self._writing = False
+        self.sock.setblocking(False)
         loop.add_reader(self.sock.fileno(), self._read)
 
     def send(self, frame: object) -> None:
-        """Send one group (the writer is idle: one group is in flight at a time)."""
+        """Send one group; what the socket does not take at once is sent as it drains (the
+        event loop may have made the socket non-blocking: libuv does)."""
         payload = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
-        with contextlib.suppress(OSError):  # the writer is gone: _read deals with the group
-            self.sock.sendall(_LEN.pack(len(payload)) + payload)
+        was_idle = not self._out
+        self._out += _LEN.pack(len(payload))
+        self._out += payload
+        if was_idle:
+            self._write()
+
+    def _write(self) -> None:
+        try:
+            while self._out:
+                sent = self.sock.send(self._out)
+                del self._out[:sent]
+        except (BlockingIOError, InterruptedError):
+            if not self._writing:
+                self._writing = True
+                self.loop.add_writer(self.sock.fileno(), self._write)
+            return
+        except OSError:  # the writer is gone: _read sees it and deals with the group
+            self._out.clear()
+        if self._writing:
+            self._writing = False
+            self.loop.remove_writer(self.sock.fileno())
 
     def _read(self) -> None:
         try:
@@ -193,6 +216,8 @@ class _WriterLink:
         wait up to ``wait`` seconds for it; returns its exit code if it ended."""
         with contextlib.suppress(RuntimeError, ValueError):  # the loop may be closed already
             self.loop.remove_reader(self.sock.fileno())
+            if self._writing:
+                self.loop.remove_writer(self.sock.fileno())
         self.sock.close()
         try:
             return self.proc.wait(wait) if wait else self.proc.poll()

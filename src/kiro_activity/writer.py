@@ -56,12 +56,6 @@ def frames(sock: socket.socket, buffer: bytearray) -> list[bytes] | None:
     return out
 
 
-def commit(conn: sqlite3.Connection, pending: counters.Counters,
-           rows: list[tuple[object, ...]], extra: list[landing.Extra]) -> int:
-    """Insert and durably commit one group; its amounts join the pending counters."""
-    last_seq = landing.insert_rows(conn, rows)
-    pending.add(landing.counts_of(rows, extra), last_seq)
-    return last_seq
 
 
 def serve(db: Path, sock: socket.socket) -> None:
@@ -79,11 +73,14 @@ def serve(db: Path, sock: socket.socket) -> None:
                 ticket, rows, extra = pickle.loads(frame)
                 answer: tuple[int, int, str | None]
                 try:
-                    answer = (ticket, commit(conn, pending, rows, extra), None)
+                    last_seq = landing.insert_rows(conn, rows)  # durable once it returns
+                    answer = (ticket, last_seq, None)
                 except Exception as exc:  # nothing of the group is stored: say why
                     answer = (ticket, 0, f"{type(exc).__name__}: {exc}")
                 payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
                 sock.sendall(LEN.pack(len(payload)) + payload)
+                if answer[2] is None:  # after the answer: the loop waits for nothing else
+                    pending.add(landing.counts_of(rows, extra), last_seq)
             if pending.pending.cells and time.monotonic() - written >= COUNTERS_EVERY:
                 written = time.monotonic()
                 _write_counters(conn, pending)
