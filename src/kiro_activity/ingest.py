@@ -110,6 +110,7 @@ class IngestApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self.landing.start(asyncio.get_running_loop())
                 if self.scheduler is not None:
                     self._tasks.append(asyncio.create_task(
                         self.scheduler.run(self._stop, self._barrier)))

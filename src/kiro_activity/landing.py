@@ -297,6 +297,13 @@ class LandingLog:
             loop.call_soon(self._flush, loop)
         return fut
 
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the writer process now rather than at the first group (the server's startup)."""
+        if self._writer is None or self._writer.loop is not loop:
+            if self._writer is not None:
+                self._writer.close()
+            self._start_writer(loop)
+
     async def barrier(self) -> None:
         """Wait until the group in flight, if any, is committed (on the loop's thread): every
         event with a receipt time before now is then on disk; later ones get later times."""
@@ -347,10 +354,7 @@ class LandingLog:
             self._settle(prepared, self._last_seq)
             self._finish(loop, group, None)
             return
-        if self._writer is None or self._writer.loop is not loop:
-            if self._writer is not None:
-                self._writer.close()
-            self._start_writer(loop)
+        self.start(loop)
         assert self._writer is not None
         self._tickets += 1
         group.ticket = self._tickets
