@@ -19,7 +19,6 @@ switch.
 from __future__ import annotations
 
 import argparse
-import random
 import shutil
 import statistics
 import subprocess
@@ -28,11 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import orjson
-
 from kiro_activity.demo import free_port
-from kiro_activity.simulate import request_body
-from run import HERE, prepare, wrk  # bench/run.py, beside this script
+from run import HERE, prepare, write_body, wrk  # bench/run.py, beside this script
 
 STUB = """
 import sys
@@ -70,10 +66,7 @@ def main() -> None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     with tempfile.TemporaryDirectory(prefix="kiro-ceiling-") as tmp:
         work = Path(tmp)
-        body = request_body("userTriggerDecisionEvent", random.Random(1), ts=1764547200.123,
-                            profile_arn=None)
-        body["clientToken"] = "CLIENT_TOKEN"
-        (work / "body.json").write_bytes(orjson.dumps(body))
+        write_body(work / "body.json")
         servers: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
         try:
             port = free_port()

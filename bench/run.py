@@ -65,13 +65,19 @@ def prepare(data_dir: Path, users: int) -> tuple[Config, list[str]]:
     return config, tokens
 
 
-def single(work: Path, seconds: int, rounds: int) -> None:
-    config, tokens = prepare(work / "single", 500)
-    (work / "tokens.txt").write_text("\n".join(tokens) + "\n")
+def write_body(path: Path) -> None:
+    """The realistic single-event body wrk sends (ingest.lua gives each request its own
+    clientToken in place of CLIENT_TOKEN)."""
     body = request_body("userTriggerDecisionEvent", random.Random(1), ts=1764547200.123,
                         profile_arn=None)
     body["clientToken"] = "CLIENT_TOKEN"
-    (work / "body.json").write_bytes(orjson.dumps(body))
+    path.write_bytes(orjson.dumps(body))
+
+
+def single(work: Path, seconds: int, rounds: int) -> None:
+    config, tokens = prepare(work / "single", 500)
+    (work / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    write_body(work / "body.json")
     hello_port, port = free_port(), free_port()
     hello = subprocess.Popen([sys.executable, str(HERE / "hello.py"), str(hello_port)])
     ours = start_server(config, port, "--rate", "100", "--burst", "1000")
