@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import signal
 import socket
 import sqlite3
 import struct
@@ -99,6 +100,9 @@ def _write_counters(conn: sqlite3.Connection, pending: counters.Counters) -> Non
 
 
 def main() -> None:
+    # Ctrl-C reaches the whole process group: the parent stops this process by closing the
+    # socket, after its last group, so the interrupt is the parent's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="kiro-activity writer: %(message)s")
     db, fd = Path(sys.argv[1]), int(sys.argv[2])
     serve(db, socket.socket(fileno=fd))
