@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint pytest bench bench-report clean
+.PHONY: demo test lint pytest bench bench-ceiling bench-report clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: lint pytest
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/run.py
+
+bench-ceiling: $(BIN)/.installed
+	$(BIN)/python bench/ceiling.py
 
 bench-report: $(BIN)/.installed
 	$(BIN)/python bench/report.py
