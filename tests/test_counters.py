@@ -4,6 +4,7 @@ event."""
 
 from __future__ import annotations
 
+import os
 import random
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -87,6 +88,7 @@ def test_counters_equal_the_rebuild(tmp_path_factory: pytest.TempPathFactory, se
         if batch == crash_at:
             assert_equal(db)  # a reader while the counters lag behind
             log._conn.close()
+            os.close(log._lock_fd)  # a process that dies lets go of its lock
         else:
             log.close()
     LandingLog(db).close()  # reopening recovers whatever a crash left past the watermark

@@ -4,6 +4,7 @@ the rate limiter and the token cache."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
 import os
 import signal
@@ -195,6 +196,65 @@ def test_a_writer_that_cannot_start_gives_503_not_a_hang(
     finally:
         log.close()
     assert len(read_events(tmp_path / "landing.db")) == 1
+
+
+def test_a_writer_that_cannot_be_spawned_gives_503_and_the_log_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = LandingLog(tmp_path / "landing.db")
+
+    def no_processes(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    async def main() -> None:
+        monkeypatch.setattr(landing.subprocess, "Popen", no_processes)
+        for token in ("a", "b"):
+            with pytest.raises(StoreUnavailableError, match="temporarily unavailable"):
+                await asyncio.wait_for(log.append([record(token)]), timeout=10)
+        monkeypatch.undo()
+        assert await asyncio.wait_for(log.append([record("a")]), timeout=10) == 1
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.close()
+    assert len(read_events(tmp_path / "landing.db")) == 1
+
+
+def test_one_writer_at_a_time_even_when_an_old_writer_outlives_its_parent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock file is shared with the writer process: a log opened again after its parent
+    died waits until that parent's writer has finished its last group and exited."""
+    monkeypatch.setattr(landing, "LOCK_WAIT", 0.5)
+    path = tmp_path / "landing.db"
+    old = LandingLog(path)
+
+    async def start_writer() -> None:
+        assert await old.append([record("before")]) == 1
+
+    asyncio.run(start_writer())
+    assert old._writer is not None
+    writer = old._writer.proc
+    with pytest.raises(RuntimeError, match="another process is writing"):
+        LandingLog(path)  # the running log holds it
+    os.kill(writer.pid, signal.SIGSTOP)  # the old parent "dies" while its writer is busy
+    old._writer.sock.close()
+    os.close(old._lock_fd)
+    old._conn.close()
+    with pytest.raises(RuntimeError, match="another process is writing"):
+        LandingLog(path)  # the orphan writer still holds it
+    os.kill(writer.pid, signal.SIGCONT)  # it sees the closed socket and exits
+    assert writer.wait(10) == 0
+    new = LandingLog(path)
+    try:
+        with pytest.raises(RuntimeError, match="while the writer process runs"):
+            asyncio.run(_append_then_sync(new))
+    finally:
+        new.close()
+
+
+async def _append_then_sync(log: LandingLog) -> None:
+    await log.append([record("after")])
+    log.append_sync([record("sync")])
 
 
 def test_barrier_waits_for_the_group_in_flight_and_not_for_later_ones(tmp_path: Path) -> None:

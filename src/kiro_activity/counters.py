@@ -138,13 +138,18 @@ def _tail(conn: sqlite3.Connection, where: str = "", args: tuple[object, ...] = 
 
 
 def recover(conn: sqlite3.Connection) -> int:
-    """Bring the counters up to the last committed event (after a crash); returns how many."""
-    counts, last = _tail(conn)
-    n = sum(cell[-1] for cell in counts.cells.values())
-    if n:
-        conn.execute("BEGIN IMMEDIATE")
-        write(conn, counts, last)
+    """Bring the counters up to the last committed event (after a crash); returns how many.
+    The tail is read and written in one write transaction, so nothing counts it twice."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        counts, last = _tail(conn)
+        n = sum(cell[-1] for cell in counts.cells.values())
+        if n:
+            write(conn, counts, last)
         conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
     return n
 
 

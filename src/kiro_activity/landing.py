@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import logging
+import os
 import pickle
 import socket
 import sqlite3
@@ -143,18 +145,46 @@ def counts_of(rows: Sequence[tuple[object, ...]], extra: Sequence[Extra]) -> Gro
     return totals
 
 
+LOCK_WAIT = 60.0  # seconds to wait for a previous writer of the same log to finish
+
+
+def _lock_exclusively(path: Path) -> int:
+    """Hold the landing log's lock file (flock), shared with this log's writer process, so that
+    one service at a time writes the log: a restart waits until the writer process of the
+    previous one (which may outlive a killed parent by its last group) has exited."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RuntimeError(
+                    f"another process is writing the landing log {path.with_suffix('')} (its lock "
+                    f"{path} is held); stop it first") from None
+            time.sleep(0.05)
+
+
 class _WriterLink:
     """The writer process and its end of the socket pair, watched by the event loop."""
 
-    def __init__(self, db: Path, loop: asyncio.AbstractEventLoop,
+    def __init__(self, db: Path, lock_fd: int, loop: asyncio.AbstractEventLoop,
                  on_answer: Callable[[int, int, str | None], None],
                  on_lost: Callable[[], None]) -> None:
         self.loop, self.on_answer, self.on_lost = loop, on_answer, on_lost
         self.sock, theirs = socket.socketpair()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kiro_activity.writer", str(db), str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),))
-        theirs.close()
+        try:  # its own session: a Ctrl-C at the terminal is the parent's to handle
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kiro_activity.writer", str(db), str(theirs.fileno())],
+                pass_fds=(theirs.fileno(), lock_fd), start_new_session=True)
+        except BaseException:
+            self.sock.close()
+            raise
+        finally:
+            theirs.close()
         self._buffer = bytearray()
         self._out = bytearray()
         self._writing = False
@@ -248,6 +278,7 @@ class LandingLog:
         self.path = path
         self.clock = clock
         self.max_group = max_group
+        self._lock_fd = _lock_exclusively(Path(f"{path}.lock"))
         self._conn = connect(path)  # reads, and the writes of append_sync
         self.seen = DedupeIndex(retention_days)
         now_us = int(clock() * 1_000_000)
@@ -274,13 +305,12 @@ class LandingLog:
     def close(self) -> None:
         """Stop the writer process (it writes its counters first) and close the database."""
         if self._writer is not None:
-            if self._writer.close(wait=30) is None:
-                log.error("the landing writer did not stop; killing it")
-                self._writer.proc.kill()
+            self._stop_writer(self._writer)
             self._writer = None
         with self._lock:
             self._flush_counters_now()
             self._conn.close()
+        os.close(self._lock_fd)
 
     async def append(self, records: Sequence[LandingRecord]) -> int:
         """Store records durably; returns how many were new (the rest were repeats)."""
@@ -301,7 +331,7 @@ class LandingLog:
         """Start the writer process now rather than at the first group (the server's startup)."""
         if self._writer is None or self._writer.loop is not loop:
             if self._writer is not None:
-                self._writer.close()
+                self._stop_writer(self._writer)
             self._start_writer(loop)
 
     async def barrier(self) -> None:
@@ -313,7 +343,10 @@ class LandingLog:
 
     def append_sync(self, records: Sequence[LandingRecord]) -> int:
         """Blocking form of :meth:`append`, committed on this process's own connection, for
-        callers without a running event loop (tools, tests)."""
+        callers without a running event loop (tools, tests); not while the writer process runs
+        (its answers are matched to the rows it commits)."""
+        if self._writer is not None:
+            raise RuntimeError("append_sync cannot be used while the writer process runs")
         prepared = self._prepare([records])
         try:
             with self._lock:
@@ -321,6 +354,7 @@ class LandingLog:
         except Exception as exc:
             raise self._failed(prepared, exc) from exc
         self._settle(prepared, last_seq)
+        self._last_seq = max(self._last_seq, last_seq)
         with self._lock:
             self.counters.add(counts_of(prepared.rows, prepared.extra), last_seq)
             self._flush_counters_now()
@@ -354,16 +388,33 @@ class LandingLog:
             self._settle(prepared, self._last_seq)
             self._finish(loop, group, None)
             return
-        self.start(loop)
-        assert self._writer is not None
         self._tickets += 1
         group.ticket = self._tickets
         self._group = group
-        self._writer.send((group.ticket, prepared.rows, prepared.extra))
+        try:
+            self.start(loop)
+            assert self._writer is not None
+            self._writer.send((group.ticket, prepared.rows, prepared.extra))
+        except Exception as exc:  # no writer could be started (no processes or fds left ...)
+            if self._writer is not None and self._writer.proc.poll() is None:
+                self._writer_lost(loop)  # it may have the group: decide from the database
+            else:
+                self._finish(loop, group, self._failed(prepared, exc))
+
+    @staticmethod
+    def _stop_writer(writer: _WriterLink, wait: float = 30.0) -> int | None:
+        """Close the link and wait for the writer to exit; kill it if it does not."""
+        code = writer.close(wait=wait)
+        if code is None:
+            log.error("the landing writer did not stop; killing it")
+            writer.proc.kill()
+            code = writer.proc.wait()
+        return code
 
     def _start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._writer = None
         self._writer = _WriterLink(
-            self.path, loop, lambda ticket, last_seq, error: self._answered(
+            self.path, self._lock_fd, loop, lambda ticket, last_seq, error: self._answered(
                 loop, ticket, last_seq, error), lambda: self._writer_lost(loop))
 
     def _answered(self, loop: asyncio.AbstractEventLoop, ticket: int, last_seq: int,
@@ -382,17 +433,23 @@ class LandingLog:
         """The writer process died. The group it had is stored if its rows are visible (a
         commit is visible only once fsync'd), else it failed; a new writer takes over."""
         assert self._writer is not None
-        code = self._writer.close(wait=5)
+        code = self._stop_writer(self._writer, wait=5)  # it cannot commit anything after this
         log.error("the landing writer process exited (code %s); starting another", code)
         self._writer = None
         group = self._group
         if group is None:
             return
-        try:
-            with self._lock:
-                newest = self._max_seq()
-        except sqlite3.Error as exc:
-            self._finish(loop, group, self._failed(group.prepared, exc))
+        newest = None
+        for attempt in range(20):
+            try:
+                with self._lock:
+                    newest = self._max_seq()
+                break
+            except sqlite3.Error as exc:
+                log.warning("cannot read the landing log yet (%s); retrying", exc)
+                time.sleep(0.05 * (attempt + 1))
+        if newest is None:
+            self._finish(loop, group, self._failed(group.prepared, "the writer process died"))
             return
         if newest > self._last_seq:
             self._last_seq = newest
@@ -419,8 +476,8 @@ class LandingLog:
         self._next(loop)
 
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._pending:
-            self._flush(loop)
+        if self._pending:  # on the next turn of the loop: what arrives meanwhile joins it
+            loop.call_soon(self._flush, loop)
         else:
             self._busy = False
 
