@@ -16,8 +16,10 @@ pickles the group's rows (a few microseconds each) and reads a short answer.
 
 If the writer process dies, another is started; the group that was in flight is stored if and
 only if its rows are visible in the database (a commit becomes visible only after its fsync),
-and answered accordingly. Readers that must see every acknowledged row of a day (the daily run)
-wait on :meth:`LandingLog.barrier`.
+and answered accordingly. A lock file (``landing.db.lock``) held by the log and shared with its
+writer process keeps one writer per log: a service restarted after being killed waits until
+the old writer, which finishes the group it holds, has exited. Readers that must see every
+acknowledged row of a day (the daily run) wait on :meth:`LandingLog.barrier`.
 
 Exactly once: a repeated clientToken of the same user within the retention is recognised by the
 in-memory :class:`~.dedupe.DedupeIndex` (kept off disk so that writes stay sequential) and not
