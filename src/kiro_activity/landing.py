@@ -147,6 +147,30 @@ def counts_of(rows: Sequence[tuple[object, ...]], extra: Sequence[Extra]) -> Gro
     return totals
 
 
+#: frames between the log and its writer process: a 4-byte little-endian length, then a pickle
+_LEN = struct.Struct("<I")
+
+
+def frame(obj: object) -> bytes:
+    """One frame holding ``obj``."""
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LEN.pack(len(payload)) + payload
+
+
+def take_frames(buffer: bytearray) -> list[Any]:
+    """The objects of the complete frames at the start of ``buffer``, which keeps the rest."""
+    out = []
+    start = 0
+    while len(buffer) - start >= _LEN.size:
+        (size,) = _LEN.unpack_from(buffer, start)
+        if len(buffer) - start - _LEN.size < size:
+            break
+        out.append(pickle.loads(buffer[start + _LEN.size:start + _LEN.size + size]))
+        start += _LEN.size + size
+    del buffer[:start]
+    return out
+
+
 LOCK_WAIT = 60.0  # seconds to wait for a previous writer of the same log to finish
 
 
@@ -193,13 +217,11 @@ class _WriterLink:
         self.sock.setblocking(False)
         loop.add_reader(self.sock.fileno(), self._read)
 
-    def send(self, frame: object) -> None:
+    def send(self, group: object) -> None:
         """Send one group; what the socket does not take at once is sent as it drains (the
         event loop may have made the socket non-blocking: libuv does)."""
-        payload = pickle.dumps(frame, protocol=pickle.HIGHEST_PROTOCOL)
         was_idle = not self._out
-        self._out += _LEN.pack(len(payload))
-        self._out += payload
+        self._out += frame(group)
         if was_idle:
             self._write()
 
@@ -230,18 +252,9 @@ class _WriterLink:
             self.close()
             self.on_lost()
             return
-        buffer = self._buffer
-        buffer += data
-        start = 0
-        while len(buffer) - start >= _LEN.size:
-            (size,) = _LEN.unpack_from(buffer, start)
-            if len(buffer) - start - _LEN.size < size:
-                break
-            ticket, last_seq, error = pickle.loads(
-                buffer[start + _LEN.size:start + _LEN.size + size])
-            start += _LEN.size + size
+        self._buffer += data
+        for ticket, last_seq, error in take_frames(self._buffer):
             self.on_answer(ticket, last_seq, error)
-        del buffer[:start]
 
     def close(self, wait: float = 0.0) -> int | None:
         """Stop watching, close our end (the writer then writes its counters and exits), and
@@ -257,7 +270,6 @@ class _WriterLink:
             return None
 
 
-_LEN = struct.Struct("<I")
 
 
 @dataclass(slots=True)
@@ -414,7 +426,7 @@ class LandingLog:
         return code
 
     def _start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._writer = None
+        self._writer = None  # stays None if the process cannot be started
         self._writer = _WriterLink(
             self.path, self._lock_fd, loop, lambda ticket, last_seq, error: self._answered(
                 loop, ticket, last_seq, error), lambda: self._writer_lost(loop))
@@ -450,10 +462,7 @@ class LandingLog:
             except sqlite3.Error as exc:
                 log.warning("cannot read the landing log yet (%s); retrying", exc)
                 time.sleep(0.05 * (attempt + 1))
-        if newest is None:
-            self._finish(loop, group, self._failed(group.prepared, "the writer process died"))
-            return
-        if newest > self._last_seq:
+        if newest is not None and newest > self._last_seq:
             self._last_seq = newest
             self._settle(group.prepared, newest)
             self._finish(loop, group, None)

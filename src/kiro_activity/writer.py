@@ -19,23 +19,21 @@ its end (or dies), the writer writes the counters and exits.
 from __future__ import annotations
 
 import logging
-import pickle
 import signal
 import socket
 import sqlite3
-import struct
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from . import counters, landing
 
 log = logging.getLogger("kiro_activity.writer")
-LEN = struct.Struct("<I")
 COUNTERS_EVERY = 0.05  # seconds between writes of the counters
 
 
-def frames(sock: socket.socket, buffer: bytearray) -> list[bytes] | None:
+def frames(sock: socket.socket, buffer: bytearray) -> list[Any] | None:
     """The complete frames received so far (waiting up to the counters' interval for data);
     None when the other end has closed."""
     try:
@@ -45,18 +43,7 @@ def frames(sock: socket.socket, buffer: bytearray) -> list[bytes] | None:
     if not data:
         return None
     buffer += data
-    out = []
-    start = 0
-    while len(buffer) - start >= LEN.size:
-        (size,) = LEN.unpack_from(buffer, start)
-        if len(buffer) - start - LEN.size < size:
-            break
-        out.append(bytes(buffer[start + LEN.size:start + LEN.size + size]))
-        start += LEN.size + size
-    del buffer[:start]
-    return out
-
-
+    return landing.take_frames(buffer)
 
 
 def serve(db: Path, sock: socket.socket) -> None:
@@ -70,16 +57,14 @@ def serve(db: Path, sock: socket.socket) -> None:
     written = time.monotonic()
     try:
         while (got := frames(sock, buffer)) is not None:
-            for frame in got:
-                ticket, rows, extra = pickle.loads(frame)
+            for ticket, rows, extra in got:
                 answer: tuple[int, int, str | None]
                 try:
                     last_seq = landing.insert_rows(conn, rows)  # durable once it returns
                     answer = (ticket, last_seq, None)
                 except Exception as exc:  # nothing of the group is stored: say why
                     answer = (ticket, 0, f"{type(exc).__name__}: {exc}")
-                payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-                sock.sendall(LEN.pack(len(payload)) + payload)
+                sock.sendall(landing.frame(answer))
                 if answer[2] is None:  # after the answer: the loop waits for nothing else
                     pending.add(landing.counts_of(rows, extra), last_seq)
             if pending.pending.cells and time.monotonic() - written >= COUNTERS_EVERY:
