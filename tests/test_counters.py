@@ -14,10 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kiro_activity import events
+from kiro_activity import events, usage
 from kiro_activity.aggregate import counted_day, rebuild_day, seal_day
+from kiro_activity.breakdown import NOT_RECORDED, dim_of
 from kiro_activity.landing import LandingLog, LandingRecord, connect
-from kiro_activity.metrics import LAYOUTS, deltas
+from kiro_activity.metrics import LAYOUTS, METRICS, deltas
 from kiro_activity.report import build_drop
 from kiro_activity.simulate import WEIGHTS, request_body
 
@@ -32,7 +33,7 @@ def record(account: str, user: str, body: dict[str, object], precomputed: bool) 
                             else (None, None))
     return LandingRecord(account, user, req.member, req.client_token, req.opt_out,
                          req.client_timestamp, req.ide_category, "test", raw, amounts,
-                         interaction)
+                         interaction, dim_of(req.event, req.ide_category))
 
 
 def assert_equal(db: Path, seal: bool = False) -> None:
@@ -43,6 +44,7 @@ def assert_equal(db: Path, seal: bool = False) -> None:
             fast, full = counted_day(db, account, day), rebuild_day(db, account, day)
             assert fast.rows == full.rows
             assert fast.events == full.events
+            assert_breakdown_sums(db, account, day, full.rows, full.events)
             if seal:  # the sealed day (typed Parquet) rebuilds to the same numbers
                 path = seal_day(db, archive, account, day)
                 assert seal_day(db, archive, account, day) == path  # sealed once
@@ -58,6 +60,24 @@ def assert_equal(db: Path, seal: bool = False) -> None:
                     a = build_drop(agg, region="us-east-1", prefix="p", layout=layout,
                                    generated_at=generated)
                     assert [o.data for o in a.objects] == [o.data for o in b.objects]
+
+
+def assert_breakdown_sums(db: Path, account: str, day: date,
+                          rows: list[tuple[str, list[int]]], n_events: int) -> None:
+    """The dashboard's breakdown (per user, IDE and language) sums to the report's rows, and
+    every event has its dimensions (none is 'not recorded')."""
+    conn = connect(db, readonly=True)
+    try:
+        cells = usage.day_cells(conn, account, day)
+    finally:
+        conn.close()
+    per_user: dict[str, list[int]] = {}
+    for (user, ide, language), cell in cells.items():
+        assert NOT_RECORDED not in (ide, language)
+        mine = per_user.setdefault(user, [0] * len(cell))
+        mine[:] = [a + b for a, b in zip(mine, cell, strict=True)]
+    assert sorted((u, c[:len(METRICS)]) for u, c in per_user.items()) == rows
+    assert sum(c[len(METRICS)] for c in per_user.values()) == n_events
 
 
 @settings(max_examples=25, deadline=None,

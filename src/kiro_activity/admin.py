@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
-from . import audit, daily, location, store
+from . import audit, daily, dashboard, location, store
 from . import settings as settings_mod
 from .auth import Authenticator
 from .config import Config
@@ -154,6 +154,31 @@ class Admin:
         with self.conn() as conn:
             return store.list_tokens(conn, account_id)
 
+    def usage_range(self, p: Principal, account_id: str, first: str | None,
+                    last: str | None) -> tuple[dashboard.Range, str]:
+        """The range asked for, and the account's report layout (its CSV names)."""
+        self.authorise(p, account_id)
+        r = dashboard.parse_range(first, last, self.clock())
+        with self.conn() as conn:
+            store.require_account(conn, account_id)
+            return r, settings_mod.get(conn, account_id).layout
+
+    def usage(self, p: Principal, account_id: str, first: str | None,
+              last: str | None) -> dict[str, Any]:
+        """The dashboard's figures of the range (see :func:`.dashboard.document`)."""
+        r, layout = self.usage_range(p, account_id, first, last)
+        with self.conn() as conn:
+            return dashboard.document(self.config, conn, account_id, layout, r, self.clock())
+
+    def usage_csv(self, p: Principal, account_id: str, first: str | None,
+                  last: str | None) -> tuple[bytes, str]:
+        """The users of the range with the 44 metrics summed, as the report's CSV cells, and
+        a file name for it."""
+        r, layout = self.usage_range(p, account_id, first, last)
+        rows = dashboard.user_totals(self.config, account_id, r, self.clock())
+        return (dashboard.export_csv(rows, layout),
+                f"{account_id}_usage_{r.first.isoformat()}_{r.last.isoformat()}.csv")
+
 
 def _day(now: float) -> date:
     return datetime.fromtimestamp(now, UTC).date()
@@ -165,6 +190,12 @@ def _day(now: float) -> date:
 def json_response(status: int, body: object) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json",
                     headers={"cache-control": "no-store"})
+
+
+def csv_response(data: bytes, filename: str) -> Response:
+    return Response(data, media_type="text/csv; charset=utf-8", headers={
+        "cache-control": "no-store", "x-content-type-options": "nosniff",
+        "content-disposition": f'attachment; filename="{filename}"'})
 
 
 def error_response(exc: AdminError) -> Response:
@@ -223,6 +254,8 @@ class AdminApi:
             route(f"{a}/deliveries/{{day}}/replace", POST=self.replace),
             route(f"{a}/audit", GET=self.audit),
             route(f"{a}/tokens", GET=self.tokens),
+            route(f"{a}/usage", GET=self.usage),
+            route(f"{a}/usage.csv", GET=self.usage_csv),
         ])
         self.router.default = self._no_route
 
@@ -269,7 +302,7 @@ class AdminApi:
                 raise MethodNotAllowedError(f"{request.url.path} takes "
                                             f"{', '.join(handlers)}, not {request.method}")
             status, body = await handler(request, p, **request.path_params)
-            return json_response(status, body)
+            return body if isinstance(body, Response) else json_response(status, body)
         except SettingsRejected as exc:
             return error_response(BadRequestError(
                 "settings not saved", problems=exc.problems, warnings=exc.warnings))
@@ -348,6 +381,19 @@ class AdminApi:
             "administers": account_id if t.kind == "admin" else None,
             "created_at": audit.iso(t.created_at), "expires_at": audit.iso(t.expires_at),
             "revoked_at": audit.iso(t.revoked_at)} for t in found]}
+
+
+    async def usage(self, request: Request, p: Principal, account_id: str) -> tuple[int, object]:
+        q = request.query_params
+        return 200, await run_in_threadpool(self.admin.usage, p, account_id, q.get("from"),
+                                            q.get("to"))
+
+    async def usage_csv(self, request: Request, p: Principal,
+                        account_id: str) -> tuple[int, object]:
+        q = request.query_params
+        data, name = await run_in_threadpool(self.admin.usage_csv, p, account_id,
+                                             q.get("from"), q.get("to"))
+        return 200, csv_response(data, name)
 
 
 def _account(a: store.Account) -> dict[str, str]:

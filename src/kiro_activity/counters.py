@@ -15,13 +15,18 @@ import operator
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from . import events
+from . import breakdown, events
+from .breakdown import Dim
 from .errors import ValidationError
-from .metrics import DISTINCT, METRICS, deltas
+from .metrics import DISTINCT, EXTRA, METRICS, deltas
 
 N = len(METRICS) + 1  # the metrics, then the number of events
 COLS = [f"c{i}" for i in range(N)]
+#: the breakdown table's cells: the same, then the dashboard's EXTRA figures
+NX = N + len(EXTRA)
+DCOLS = [f"d{i}" for i in range(NX)]
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS user_day (
     account_id TEXT NOT NULL,
@@ -30,12 +35,23 @@ CREATE TABLE IF NOT EXISTS user_day (
     {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in COLS)},
     PRIMARY KEY (account_id, day, user_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS user_day_dim (
+    account_id TEXT NOT NULL,
+    day        INTEGER NOT NULL,
+    user_id    TEXT NOT NULL,
+    ide        TEXT NOT NULL,
+    language   TEXT NOT NULL,
+    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in DCOLS)},
+    PRIMARY KEY (account_id, day, user_id, ide, language)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS interactions (
     account_id      TEXT NOT NULL,
     day             INTEGER NOT NULL,
     user_id         TEXT NOT NULL,
     conversation_id TEXT,
     message_id      TEXT,
+    ide             TEXT,  -- the (ide, language) of the first event with this pair
+    language        TEXT,
     UNIQUE (account_id, day, user_id, conversation_id, message_id)
 );
 CREATE TABLE IF NOT EXISTS counters_meta (
@@ -47,48 +63,81 @@ INSERT OR IGNORE INTO counters_meta VALUES (1, 0);
 UPSERT = (f"INSERT INTO user_day (account_id, day, user_id, {', '.join(COLS)}) VALUES "
           f"({', '.join('?' * (N + 3))}) ON CONFLICT (account_id, day, user_id) DO UPDATE SET "
           + ", ".join(f"{c} = {c} + excluded.{c}" for c in COLS))
-INTERACT = "INSERT OR IGNORE INTO interactions VALUES (?, ?, ?, ?, ?)"
+UPSERT_DIM = (f"INSERT INTO user_day_dim (account_id, day, user_id, ide, language, "
+              f"{', '.join(DCOLS)}) VALUES ({', '.join('?' * (NX + 5))}) ON CONFLICT "
+              "(account_id, day, user_id, ide, language) DO UPDATE SET "
+              + ", ".join(f"{c} = {c} + excluded.{c}" for c in DCOLS))
+INTERACT = ("INSERT OR IGNORE INTO interactions (account_id, day, user_id, conversation_id,"
+            " message_id, ide, language) VALUES (?, ?, ?, ?, ?, ?, ?)")
 Key = tuple[str, int, str]  # account, day, user
+DimKey = tuple[str, int, str, str, str]  # account, day, user, ide, language
 Interaction = tuple[str, int, str, str | None, str | None]
+K = TypeVar("K")
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a landing database of an earlier version up to this schema (idempotent)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(interactions)")}
+    for column in ("ide", "language"):
+        if column not in have:
+            conn.execute(f"ALTER TABLE interactions ADD COLUMN {column} TEXT")
 
 
 @dataclass
 class GroupCounts:
-    """What one committed group adds: per (account, day, user) amounts, and interactions."""
+    """What one committed group adds: per (account, day, user) amounts, the same per (IDE,
+    language) too, and the interactions (each with the dimensions of its first event)."""
 
     cells: dict[Key, list[int]] = field(default_factory=dict)
-    interactions: set[Interaction] = field(default_factory=set)
+    dims: dict[DimKey, list[int]] = field(default_factory=dict)
+    interactions: dict[Interaction, Dim] = field(default_factory=dict)
 
     def add(self, key: Key, amounts: Iterable[tuple[int, int]],
-            interaction: tuple[str | None, ...] | None) -> None:
+            interaction: tuple[str | None, ...] | None,
+            dim: Dim = breakdown.UNRECORDED) -> None:
         cell = self.cells.get(key)
         if cell is None:
             cell = self.cells[key] = [0] * N
+        dkey = (*key, *dim)
+        dcell = self.dims.get(dkey)
+        if dcell is None:
+            dcell = self.dims[dkey] = [0] * NX
         for index, amount in amounts:
-            cell[index] += amount
+            if index < N:  # the EXTRA figures are kept in the breakdown only
+                cell[index] += amount
+            dcell[index] += amount
         cell[-1] += 1
+        dcell[N - 1] += 1
         if interaction is not None:
-            self.interactions.add((*key, interaction[0], interaction[1]))
+            self.interactions.setdefault((*key, interaction[0], interaction[1]), dim)
 
     def merge(self, other: GroupCounts) -> None:
         """Add ``other`` in; ``other`` must not be used afterwards (its lists are taken over)."""
-        for key, cell in other.cells.items():
-            mine = self.cells.get(key)
-            if mine is None:
-                self.cells[key] = cell
-            else:
-                mine[:] = map(operator.add, mine, cell)
-        self.interactions |= other.interactions
+        _merge(self.cells, other.cells)
+        _merge(self.dims, other.dims)
+        for pair, dim in other.interactions.items():
+            self.interactions.setdefault(pair, dim)
+
+
+def _merge(mine: dict[K, list[int]], theirs: dict[K, list[int]]) -> None:
+    for key, cell in theirs.items():
+        have = mine.get(key)
+        if have is None:
+            mine[key] = cell
+        else:
+            have[:] = map(operator.add, have, cell)
 
 
 def amounts_of(member: str, body: bytes, ide_category: str | None,
-               ) -> tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None]:
-    """The amounts of a stored event, from its raw body (recovery and readers)."""
+               ) -> tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None, Dim]:
+    """The amounts of a stored event, from its raw body (recovery and readers), and the
+    dimensions it is counted under."""
     try:
         request = events.parse_request(body)
-    except ValidationError:
-        return (), None  # cannot happen for a stored event; count it as active only
-    return deltas(member, request.event, ide_category)
+    except ValidationError:  # cannot happen for a stored event; count it as active only
+        return (), None, (breakdown.ide_of(ide_category), breakdown.NONE)
+    return (*deltas(member, request.event, ide_category),
+            breakdown.dim_of(request.event, ide_category))
 
 
 class Counters:
@@ -104,7 +153,7 @@ class Counters:
 
     def flush(self, conn: sqlite3.Connection) -> None:
         """Write the pending amounts and the watermark in one transaction (kept on failure)."""
-        if not self.pending.cells and not self.pending.interactions:
+        if not self.pending.cells and not self.pending.interactions:  # dims go with cells
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -118,7 +167,8 @@ class Counters:
 
 def write(conn: sqlite3.Connection, counts: GroupCounts, watermark: int) -> None:
     conn.executemany(UPSERT, [(*key, *cell) for key, cell in counts.cells.items()])
-    conn.executemany(INTERACT, list(counts.interactions))
+    conn.executemany(UPSERT_DIM, [(*key, *cell) for key, cell in counts.dims.items()])
+    conn.executemany(INTERACT, [(*pair, *dim) for pair, dim in counts.interactions.items()])
     conn.execute("UPDATE counters_meta SET watermark = max(watermark, ?) WHERE id = 1",
                  (watermark,))
 
@@ -131,8 +181,8 @@ def _tail(conn: sqlite3.Connection, where: str = "", args: tuple[object, ...] = 
     for seq, account, user, received_us, member, ide, body in conn.execute(
             "SELECT seq, account_id, user_id, received_us, member, ide_category, body"
             f" FROM events WHERE seq > ? {where} ORDER BY seq", (watermark, *args)):
-        amounts, interaction = amounts_of(member, body, ide)
-        counts.add((account, received_us // 86_400_000_000, user), amounts, interaction)
+        amounts, interaction, dim = amounts_of(member, body, ide)
+        counts.add((account, received_us // 86_400_000_000, user), amounts, interaction, dim)
         last = seq
     return counts, last
 

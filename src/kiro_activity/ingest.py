@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from . import events, openapi
+from . import breakdown, events, openapi
 from .admin import Admin, AdminApi
 from .auth import Authenticator, RateLimiter
 from .body import ClientDisconnected, read_body
@@ -221,7 +221,7 @@ class IngestApp:
         return LandingRecord(
             principal.account_id, principal.principal, request.member, request.client_token,
             opt_out, request.client_timestamp, request.ide_category, protocol, body,
-            amounts, interaction,
+            amounts, interaction, breakdown.dim_of(request.event, request.ide_category),
         )
 
     async def _health(self, send: Send) -> None:

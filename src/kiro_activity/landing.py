@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import counters
+from . import breakdown, counters
+from .breakdown import Dim
 from .counters import GroupCounts
 from .dedupe import DAY_US, DedupeIndex, dedupe_key
 from .errors import StoreUnavailableError
@@ -101,11 +102,13 @@ class LandingRecord:
     #: what the event adds to its user-day's counters (None: worked out from the body)
     amounts: tuple[tuple[int, int], ...] | None = None
     interaction: tuple[str | None, ...] | None = None
+    #: the (IDE, language) the dashboard's breakdown counts it under (see breakdown.dim_of)
+    dim: Dim = breakdown.UNRECORDED
 
 
 #: per row, what it adds to its user-day's counters: (amounts, interaction), or None when they
 #: are to be worked out from the stored body
-Extra = tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None] | None
+Extra = tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None, Dim] | None
 
 
 @dataclass(slots=True)
@@ -129,6 +132,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if not readonly:
         conn.execute("PRAGMA cache_size=-131072")
         conn.executescript(SCHEMA + counters.SCHEMA)
+        counters.migrate(conn)
     return conn
 
 
@@ -138,12 +142,12 @@ def counts_of(rows: Sequence[tuple[object, ...]], extra: Sequence[Extra]) -> Gro
     for row, more in zip(rows, extra, strict=True):
         received_us, account_id, user_id, member = row[0], row[1], row[2], row[3]
         if more is None:
-            amounts, interaction = counters.amounts_of(
+            amounts, interaction, dim = counters.amounts_of(
                 str(member), row[10], row[8])  # type: ignore[arg-type]
         else:
-            amounts, interaction = more
+            amounts, interaction, dim = more
         totals.add((str(account_id), int(received_us) // DAY_US,  # type: ignore[call-overload]
-                    str(user_id)), amounts, interaction)
+                    str(user_id)), amounts, interaction, dim)
     return totals
 
 
@@ -518,7 +522,7 @@ class LandingLog:
                 rows.append((received_us, r.account_id, r.user_id, r.member,
                              r.client_token, key, r.opt_out, r.client_ts, r.ide_category,
                              r.protocol, r.body))
-                extra.append(None if r.amounts is None else (r.amounts, r.interaction))
+                extra.append(None if r.amounts is None else (r.amounts, r.interaction, r.dim))
             counts.append(len(rows) - before)
         self._inflight |= keys
         return _Prepared(rows, extra, counts, keys, received_us // DAY_US)

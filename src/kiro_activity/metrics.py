@@ -167,6 +167,63 @@ METRICS: tuple[Metric, ...] = (
 )
 INDEX = {m.name: i for i, m in enumerate(METRICS)}
 
+#: figures the dashboard shows beside the 44 that the report does not carry (same rule form);
+#: the counters keep them only in the breakdown table, after the events column
+EXTRA: tuple[Metric, ...] = (
+    Metric("Inline_SuggestedLines", "Lines of inline suggestions displayed to the user "
+           "(accepted or rejected): the denominator of the inline acceptance rate by lines",
+           Rule(UTD, "sum", "generatedLine", (_in("suggestionState", "ACCEPT", "REJECT"),))),
+)
+#: the index of the first EXTRA figure in an amounts tuple: after the 44 and the events count
+EXTRA_BASE = len(METRICS) + 1
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A derived figure: the sum of ``numerator`` figures over the sum of ``denominator``."""
+
+    name: str
+    label: str
+    numerator: tuple[str, ...]
+    denominator: tuple[str, ...]
+
+    def formula(self) -> str:
+        return f"({' + '.join(self.numerator)}) / ({' + '.join(self.denominator)})"
+
+    def of(self, values: Mapping[str, int]) -> float | None:
+        """The rate, or None when the denominator is 0 (nothing to rate)."""
+        below = sum(values[n] for n in self.denominator)
+        return sum(values[n] for n in self.numerator) / below if below else None
+
+
+RATES: tuple[Rate, ...] = (
+    Rate("inline_acceptance_rate", "Inline acceptance rate (suggestions)",
+         ("Inline_AcceptanceCount",), ("Inline_SuggestionsCount",)),
+    Rate("inline_line_acceptance_rate", "Inline acceptance rate (lines)",
+         ("Inline_AICodeLines",), ("Inline_SuggestedLines",)),
+    Rate("inline_chat_acceptance_rate", "Inline chat acceptance rate",
+         ("InlineChat_AcceptanceEventCount",),
+         ("InlineChat_AcceptanceEventCount", "InlineChat_RejectionEventCount",
+          "InlineChat_DismissalEventCount")),
+    Rate("dev_line_acceptance_rate", "/dev acceptance rate (lines)",
+         ("Dev_AcceptedLines",), ("Dev_GeneratedLines",)),
+    Rate("test_line_acceptance_rate", "/test acceptance rate (lines)",
+         ("TestGeneration_AcceptedLines",), ("TestGeneration_GeneratedLines",)),
+    Rate("code_fix_line_acceptance_rate", "Code fix acceptance rate (lines)",
+         ("CodeFix_AcceptedLines",), ("CodeFix_GeneratedLines",)),
+)
+#: the AI-written lines accepted, per feature: (label, the metrics summed)
+AI_LINES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Inline", ("Inline_AICodeLines",)),
+    ("Chat", ("Chat_AICodeLines",)),
+    ("Inline chat", ("InlineChat_AcceptedLineAdditions",)),
+    ("/dev", ("Dev_AcceptedLines",)),
+    ("/test", ("TestGeneration_AcceptedLines",)),
+    ("/doc", ("DocGeneration_AcceptedLineAdditions", "DocGeneration_AcceptedLineUpdates")),
+    ("Code fix", ("CodeFix_AcceptedLines",)),
+    ("/transform (generated)", ("Transformation_LinesGenerated",)),
+)
+
 
 def metric_columns(layout: str = "documented") -> list[str]:
     """The metric columns of a layout, each its own name there, sorted by code point."""
@@ -227,6 +284,13 @@ def docs_markdown() -> str:
              "`kiro-activity metrics --markdown`; do not edit by hand.", "",
              "| metric | meaning | rule |", "|---|---|---|"]
     lines += [f"| `{m.name}` | {m.description} | {m.rule.text()} |" for m in METRICS]
+    lines += ["", "## Dashboard figures beside the 44", "",
+              "The usage dashboard also counts these (they are not in the report's CSV):", "",
+              "| figure | meaning | rule |", "|---|---|---|"]
+    lines += [f"| `{m.name}` | {m.description} | {m.rule.text()} |" for m in EXTRA]
+    lines += ["", "Its rates (shown as - when the denominator is 0):", "",
+              "| rate | formula |", "|---|---|"]
+    lines += [f"| {r.label} | `{r.formula()}` |" for r in RATES]
     return "\n".join(lines) + "\n"
 
 
@@ -273,7 +337,7 @@ def _key(value: Any) -> str | None:
 
 DISTINCT = tuple(i for i, m in enumerate(METRICS) if m.rule.agg == "distinct")
 _BY_MEMBER: dict[str, list[tuple[int, Rule]]] = {}
-for _i, _m in enumerate(METRICS):
+for _i, _m in [*enumerate(METRICS), *enumerate(EXTRA, EXTRA_BASE)]:
     if _m.rule.agg != "distinct":
         for _member in _m.rule.members:
             _BY_MEMBER.setdefault(_member, []).append((_i, _m.rule))

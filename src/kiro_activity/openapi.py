@@ -117,14 +117,22 @@ ADMIN_ERRORS = {
 }
 
 
+RANGE = [{"name": name, "in": "query", "required": False, "description": text,
+          "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}}
+         for name, text in (("from", "first UTC day (default: 30 days before `to`)"),
+                            ("to", "last UTC day, today at the latest (default: yesterday)"))]
+
+
 def _admin(summary: str, body: dict[str, Any] | None = None,
-           extra: dict[str, str] | None = None) -> dict[str, Any]:
+           extra: dict[str, str] | None = None,
+           media: str = "application/json") -> dict[str, Any]:
     error = {"content": {"application/json": {"schema": {
         "$ref": "#/components/schemas/AdminError"}}}}
     op: dict[str, Any] = {
         "summary": summary, "security": [{"bearer": []}],
-        "responses": {"200": {"description": "ok", "content": {"application/json": {
-            "schema": {"type": "object"}}}},
+        "responses": {"200": {"description": "ok", "content": {media: {
+            "schema": {"type": "object"} if media == "application/json" else
+            {"type": "string"}}}},
             **{code: {"description": text, **error}
                for code, text in {**ADMIN_ERRORS, **(extra or {})}.items()}},
     }
@@ -165,4 +173,15 @@ def admin_paths() -> dict[str, Any]:
                                      "replacements: newest first (?limit, ?before=id)")},
         f"{a}/tokens": {"get": _admin("The account's tokens: ids, kinds, users, states "
                                       "(never the tokens)")},
+        f"{a}/usage": {"get": {**_admin(
+            "Usage of a range of UTC days (the dashboard's data): `days` (one entry per day: "
+            "`day`, `active_users`, the 44 metrics by the names of the account's CSV layout, "
+            "`events`, `Inline_SuggestedLines`, `rates`), `users` (one per active user: "
+            "`user_id` and the 44 metrics summed), `totals`, `rates`, `ai_lines`, `by_ide`, "
+            "`by_language`, `idle_seats`, `freshness`"), "parameters": RANGE}},
+        f"{a}/usage.csv": {"get": {**_admin(
+            "The users of a range as CSV: `UserId` then the 44 metric columns of the "
+            "account's layout, summed; quoted and neutralised like the report, so for "
+            "delivered days it equals the sum of their report rows", None, {}, "text/csv"),
+            "parameters": RANGE}},
     }

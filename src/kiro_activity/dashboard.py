@@ -1,0 +1,258 @@
+"""The usage dashboard's figures for one account and a range of UTC days.
+
+Everything comes from :mod:`.usage` (the counters the report is made from, at the grain of the
+IDE/language breakdown), summed by DuckDB: per day (with the active users), per user over the
+range, and per IDE and per language. The admin API's ``usage`` and ``usage.csv`` endpoints and
+the dashboard pages are drawn from these functions, so every figure on screen is the one the
+API gives and, for delivered days, the one the report's CSV holds.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import duckdb
+
+from . import daily, usage
+from .config import Config
+from .errors import UsageError
+from .metrics import AI_LINES, EXTRA, METRICS, RATES, column_metric, metric_columns
+from .report import _quoted, neutralise
+
+MAX_DAYS = 366
+PAGE_SIZE = 50
+METRIC_NAMES = [m.name for m in METRICS]
+#: the figures summed per day, user or dimension value: the 44, the events, the EXTRA ones
+SUMMED = usage.FIGURES
+SORTS = ("user_id", "active_days", *SUMMED, *(r.name for r in RATES))
+
+
+@dataclass(frozen=True)
+class Range:
+    """A range of UTC days, both ends included; ``today`` is the day of the query's clock."""
+
+    first: date
+    last: date
+    today: date
+
+    @property
+    def days(self) -> list[date]:
+        return [self.first + timedelta(days=i) for i in range((self.last - self.first).days + 1)]
+
+
+def parse_range(first: str | None, last: str | None, now: float, *, default_days: int = 30,
+                ) -> Range:
+    """The range of ``from``/``to`` (``YYYY-MM-DD``); by default the ``default_days`` closed
+    days up to yesterday. Today is allowed (not final yet); the future is not."""
+    today = datetime.fromtimestamp(now, UTC).date()
+    end = daily.check_day(last) if last else today - timedelta(days=1)
+    start = daily.check_day(first) if first else end - timedelta(days=default_days - 1)
+    if start > end:
+        raise UsageError(f"from {start} is after to {end}")
+    if end > today:
+        raise UsageError(f"to {end} is in the future (today is {today} UTC)")
+    if (end - start).days + 1 > MAX_DAYS:
+        raise UsageError(f"from {start} to {end} is {(end - start).days + 1} days; at most "
+                         f"{MAX_DAYS} at a time")
+    return Range(start, end, today)
+
+
+@contextmanager
+def _duck(config: Config, account_id: str, r: Range, now: float,
+          ) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection with a view ``u`` of the range's usage rows."""
+    files, live = usage.sources(config, account_id, r.days, now)
+    con = duckdb.connect(config={"threads": 2})
+    try:
+        con.register("live", live)
+        parts = ["SELECT * FROM live"]
+        if files:
+            listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+            parts.append(f"SELECT * FROM read_parquet([{listed}])")
+        con.execute(f"CREATE VIEW u AS {' UNION ALL '.join(parts)}")
+        yield con
+    finally:
+        con.close()
+
+
+def _sums() -> str:
+    return ", ".join(f'sum("{f}")::BIGINT' for f in SUMMED)
+
+
+def _named(values: tuple[Any, ...] | list[Any]) -> dict[str, int]:
+    return {f: int(v or 0) for f, v in zip(SUMMED, values, strict=True)}
+
+
+def _rates(values: dict[str, int]) -> dict[str, float | None]:
+    return {r.name: r.of(values) for r in RATES}
+
+
+def _where(user: str | None) -> tuple[str, list[Any]]:
+    return ("WHERE user_id = ?", [user]) if user is not None else ("", [])
+
+
+def overview(config: Config, account_id: str, r: Range, now: float,
+             user: str | None = None) -> dict[str, Any]:
+    """Per day, totals and the breakdowns of the range (for one user when ``user`` is given)."""
+    where, args = _where(user)
+    with _duck(config, account_id, r, now) as con:
+        by_day = {row[0]: row for row in con.execute(
+            f"SELECT day, count(DISTINCT user_id), {_sums()} FROM u {where} GROUP BY day",
+            args).fetchall()}
+        total = con.execute(f"SELECT count(DISTINCT user_id), count(DISTINCT day), {_sums()}"
+                            f" FROM u {where}", args).fetchone()
+        dims = {dim: _breakdown(con, dim, where, args) for dim in ("ide", "language")}
+        active = [row[0] for row in con.execute(
+            f"SELECT DISTINCT user_id FROM u {where} ORDER BY user_id", args).fetchall()]
+    assert total is not None
+    days = []
+    for day in r.days:
+        row = by_day.get(day)
+        values = _named(row[2:] if row else [0] * len(SUMMED))
+        days.append({"day": day.isoformat(), "active_users": int(row[1]) if row else 0,
+                     **values, "rates": _rates(values)})
+    totals = _named(total[2:])
+    return {"days": days, "active_users": int(total[0]), "active_days": int(total[1]),
+            "totals": totals, "rates": _rates(totals), "ai_lines": _ai_lines(totals),
+            "by_ide": dims["ide"], "by_language": dims["language"], "active": active}
+
+
+def _breakdown(con: duckdb.DuckDBPyConnection, dim: str, where: str,
+               args: list[Any]) -> list[dict[str, Any]]:
+    rows = con.execute(f"SELECT {dim}, count(DISTINCT user_id), {_sums()} FROM u {where}"
+                       f" GROUP BY {dim} ORDER BY sum(events) DESC, {dim}", args).fetchall()
+    out = []
+    for row in rows:
+        values = _named(row[2:])
+        out.append({"value": row[0], "active_users": int(row[1]), **values,
+                    "rates": _rates(values)})
+    return out
+
+
+def _ai_lines(values: dict[str, int]) -> list[dict[str, Any]]:
+    return [{"feature": label, "lines": sum(values[n] for n in names), "metrics": list(names)}
+            for label, names in AI_LINES]
+
+
+def _rate_sql(rate: Any) -> str:
+    num = " + ".join(f'"{n}"' for n in rate.numerator)
+    den = " + ".join(f'"{n}"' for n in rate.denominator)
+    return f"CASE WHEN ({den}) = 0 THEN NULL ELSE ({num}) / ({den}) END"
+
+
+def users(config: Config, account_id: str, r: Range, now: float, *, search: str = "",
+          sort: str = "events", descending: bool = True, page: int = 1,
+          size: int = PAGE_SIZE) -> dict[str, Any]:
+    """One page of the users active in the range, with their totals and rates."""
+    if sort not in SORTS:
+        raise UsageError(f"sort {sort!r} is not one of: {', '.join(SORTS)}")
+    if page < 1 or not 1 <= size <= 1000:
+        raise UsageError("page must be >= 1 and size from 1 to 1000")
+    order = "DESC" if descending else "ASC"
+    where, args = ("WHERE contains(lower(user_id), lower(?))", [search]) if search else ("", [])
+    per_user = ("SELECT user_id, count(DISTINCT day) AS active_days, "
+                + ", ".join(f'sum("{f}")::BIGINT AS "{f}"' for f in SUMMED)
+                + f" FROM u {where} GROUP BY user_id")
+    rates = ", ".join(f'{_rate_sql(rt)} AS "{rt.name}"' for rt in RATES)
+    with _duck(config, account_id, r, now) as con:
+        count = con.execute(f"SELECT count(*) FROM ({per_user})", args).fetchone()
+        rows = con.execute(
+            f"SELECT *, {rates} FROM ({per_user}) ORDER BY \"{sort}\" {order} NULLS LAST,"
+            " user_id LIMIT ? OFFSET ?", [*args, size, (page - 1) * size]).fetchall()
+    assert count is not None
+    out = []
+    for row in rows:
+        values = _named(row[2:2 + len(SUMMED)])
+        out.append({"user_id": row[0], "active_days": int(row[1]), **values,
+                    "rates": _rates(values)})
+    return {"users": out, "total": int(count[0]), "page": page, "size": size,
+            "pages": max(1, -(-int(count[0]) // size)), "sort": sort,
+            "descending": descending, "search": search}
+
+
+def user_totals(config: Config, account_id: str, r: Range, now: float,
+                ) -> list[tuple[str, dict[str, int]]]:
+    """Every user active in the range (code-point order) with the 44 metrics summed."""
+    sums = ", ".join(f'sum("{f}")::BIGINT' for f in METRIC_NAMES)
+    with _duck(config, account_id, r, now) as con:
+        rows = con.execute(f"SELECT user_id, {sums} FROM u GROUP BY user_id"
+                           " ORDER BY user_id").fetchall()
+    return [(row[0], dict(zip(METRIC_NAMES, map(int, row[1:]), strict=True))) for row in rows]
+
+
+def export_csv(rows: list[tuple[str, dict[str, int]]], layout: str) -> bytes:
+    """The users table as the report writes it: ``UserId`` (quoted, neutralised) then the 44
+    metric columns of the layout, in its order."""
+    names = column_metric(layout)
+    lines = [",".join(["UserId", *metric_columns(layout)])]
+    for user, values in rows:
+        lines.append(",".join([_quoted(neutralise(user)[0]), *(str(values[n]) for n in names)]))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def idle_seats(conn: sqlite3.Connection, account_id: str, active: list[str],
+               now: float) -> list[str]:
+    """Users who hold a live telemetry token of the account but were not active."""
+    holders = {row[0] for row in conn.execute(
+        "SELECT DISTINCT principal FROM tokens WHERE account_id = ? AND kind = 'user'"
+        " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
+        (account_id, now))}
+    return sorted(holders - set(active))
+
+
+def freshness(conn: sqlite3.Connection, account_id: str, r: Range, now: float,
+              ) -> dict[str, Any]:
+    """Up to when data is included, and each day's delivery state."""
+    delivered = {d["day"]: d for d in daily.status(conn, account_id)["days"]}  # type: ignore[attr-defined]
+    states = []
+    for day in r.days:
+        text = day.isoformat()
+        if day >= r.today:
+            state = "open"  # not closed yet: the figures still grow
+        else:
+            state = delivered[text]["state"] if text in delivered else "not delivered"
+        states.append({"day": text, "state": state, "final": day < r.today})
+    return {"as_of": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
+            "includes_today": r.last >= r.today, "days": states}
+
+
+def definitions() -> dict[str, Any]:
+    """What every figure means: from the metric table, the EXTRA figures and the rates."""
+    figures = {m.name: {"description": m.description, "rule": m.rule.text()}
+               for m in (*METRICS, *EXTRA)}
+    figures["events"] = {"description": "Telemetry events received (every member counts)",
+                         "rule": "count of accepted events"}
+    figures["active_users"] = {"description": "Users who sent at least one accepted event",
+                               "rule": "number of distinct users with an event"}
+    rates = {r.name: {"label": r.label, "formula": r.formula()} for r in RATES}
+    return {"figures": figures, "rates": rates}
+
+
+def renamed(values: dict[str, Any], layout: str) -> dict[str, Any]:
+    """The figures with the metric names of the layout's CSV header."""
+    names = dict(zip(column_metric(layout), metric_columns(layout), strict=True))
+    return {names.get(k, k): v for k, v in values.items()}
+
+
+def document(config: Config, conn: sqlite3.Connection, account_id: str, layout: str,
+             r: Range, now: float) -> dict[str, Any]:
+    """The admin API's ``usage`` answer: per day and per user, by the layout's CSV names,
+    with the totals, rates, breakdowns, idle seats and freshness of the range."""
+    data = overview(config, account_id, r, now)
+    per_user = user_totals(config, account_id, r, now)
+    idle = idle_seats(conn, account_id, data.pop("active"), now)
+    return {
+        "account_id": account_id, "from": r.first.isoformat(), "to": r.last.isoformat(),
+        "layout": layout,
+        "days": [renamed(d, layout) for d in data.pop("days")],
+        "users": [{"user_id": u, **renamed(v, layout)} for u, v in per_user],
+        "totals": renamed(data.pop("totals"), layout),
+        "idle_seats": {"count": len(idle), "users": idle},
+        "freshness": freshness(conn, account_id, r, now),
+        **data,
+    }

@@ -1,0 +1,174 @@
+"""Per-user-day usage at the grain of the dashboard's breakdown, live or as a day's snapshot.
+
+The dashboard reads the same counters the report is made from (:mod:`.counters`): the
+breakdown table ``user_day_dim`` (per account, day, user, IDE and language), the interactions
+behind the one distinct-count metric, and whatever lies past the counters' watermark. Its rows
+sum, per user, to the report's row: counters kept before the breakdown existed show up as the
+dimension value ``not recorded`` (the difference from ``user_day``), so nothing is lost or
+counted twice.
+
+A closed day no longer changes, so once it has settled (closed for :data:`GRACE_SECONDS`, and
+every event of it counted) its rows are written once to a Parquet snapshot,
+``DATA_DIR/usage/<account>/<day>.v1.parquet``, that DuckDB then reads at columnar speed. A
+snapshot is a cache of the counters: deleting the folder only costs the time to write it again.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import breakdown, counters, landing
+from .aggregate import DAY_US, day_window
+from .config import Config
+from .metrics import DISTINCT, EXTRA, METRICS
+
+VERSION = 1
+GRACE_SECONDS = 300.0
+#: the figures of a row, in the order of the breakdown table's cells
+FIGURES = [m.name for m in METRICS] + ["events"] + [m.name for m in EXTRA]
+SCHEMA = pa.schema([("day", pa.date32()), ("user_id", pa.string()), ("ide", pa.string()),
+                    ("language", pa.string()), *[(f, pa.int64()) for f in FIGURES]])
+_NR = breakdown.NOT_RECORDED
+_EVENTS = counters.N - 1
+_UNCOUNTED = [i for i in range(counters.N) if i not in DISTINCT]  # the cells user_day has
+Row = tuple[str, str, str]  # user, ide, language
+
+
+def snapshot_path(config: Config, account_id: str, day: date) -> Path:
+    return config.data_dir / "usage" / account_id / f"{day.isoformat()}.v{VERSION}.parquet"
+
+
+def _day_number(day: date) -> int:
+    return day_window(day)[0] // DAY_US
+
+
+def day_cells(conn: sqlite3.Connection, account_id: str, day: date) -> dict[Row, list[int]]:
+    """Every (user, IDE, language) of the account's day with its figures (FIGURES order), read
+    in one snapshot of the landing database; per user they sum to the report's row."""
+    number = _day_number(day)
+    args = (account_id, number)
+    conn.execute("BEGIN")
+    try:
+        rows: dict[Row, list[int]] = {
+            (r[0], r[1], r[2]): list(r[3:]) for r in conn.execute(
+                f"SELECT user_id, ide, language, {', '.join(counters.DCOLS)} FROM user_day_dim"
+                " WHERE account_id = ? AND day = ?", args)}
+        for user, ide, language, n in conn.execute(
+                "SELECT user_id, coalesce(ide, ?), coalesce(language, ?), count(*)"
+                " FROM interactions WHERE account_id = ? AND day = ? GROUP BY 1, 2, 3",
+                (_NR, _NR, *args)):
+            _cell(rows, (user, ide, language))[DISTINCT[0]] += n
+        for user, *rest in conn.execute(_remainder_sql(), (*args, *args)):
+            cell = _cell(rows, (user, _NR, _NR))
+            for index, amount in zip(_UNCOUNTED, rest, strict=True):
+                cell[index] += amount
+        _add_tail(conn, rows, account_id, day)
+    finally:
+        conn.execute("COMMIT")
+    return rows
+
+
+def _cell(rows: dict[Row, list[int]], key: Row) -> list[int]:
+    cell = rows.get(key)
+    if cell is None:
+        cell = rows[key] = [0] * counters.NX
+    return cell
+
+
+def _remainder_sql() -> str:
+    """Per user, what ``user_day`` holds beyond the breakdown's sums (counters kept before the
+    breakdown existed); only users with a difference."""
+    sums = ", ".join(f"sum(d{i}) AS s{i}" for i in _UNCOUNTED)
+    diff = ", ".join(f"u.c{i} - coalesce(d.s{i}, 0)" for i in _UNCOUNTED)
+    differs = " OR ".join(f"u.c{i} <> coalesce(d.s{i}, 0)" for i in _UNCOUNTED)
+    return (f"SELECT u.user_id, {diff} FROM user_day u LEFT JOIN (SELECT user_id, {sums}"
+            " FROM user_day_dim WHERE account_id = ? AND day = ? GROUP BY user_id) d"
+            " ON d.user_id = u.user_id WHERE u.account_id = ? AND u.day = ?"
+            f" AND ({differs})")
+
+
+def _add_tail(conn: sqlite3.Connection, rows: dict[Row, list[int]], account_id: str,
+              day: date) -> None:
+    """Add the day's events past the counters' watermark (committed, not yet counted)."""
+    start, end = day_window(day)
+    tail, _ = counters._tail(conn, "AND account_id = ? AND +received_us >= ?"
+                                   " AND +received_us < ?", (account_id, start, end))
+    for (_, _, user, ide, language), cell in tail.dims.items():
+        mine = _cell(rows, (user, ide, language))
+        mine[:] = [a + b for a, b in zip(mine, cell, strict=True)]
+    for (_, number, user, conversation, message), (ide, language) in tail.interactions.items():
+        known = conn.execute(
+            "SELECT 1 FROM interactions WHERE account_id = ? AND day = ? AND user_id = ?"
+            " AND conversation_id IS ? AND message_id IS ?",
+            (account_id, number, user, conversation, message)).fetchone()
+        if known is None:
+            _cell(rows, (user, ide, language))[DISTINCT[0]] += 1
+
+
+def to_table(day: date, rows: dict[Row, list[int]]) -> pa.Table:
+    """Rows of one day as Arrow data of :data:`SCHEMA` (users in code-point order)."""
+    keys = sorted(rows)
+    columns: list[pa.Array] = [pa.array([day] * len(keys), pa.date32())]
+    columns += [pa.array([k[i] for k in keys], pa.string()) for i in range(3)]
+    cells = [rows[k] for k in keys]
+    columns += [pa.array([c[i] for c in cells], pa.int64()) for i in range(len(FIGURES))]
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def settled(conn: sqlite3.Connection, account_id: str, day: date, now: float) -> bool:
+    """Whether the day can no longer change: closed for a while, every event of it counted."""
+    start, end = day_window(day)
+    if now * 1_000_000 < end + GRACE_SECONDS * 1_000_000:
+        return False
+    watermark = conn.execute("SELECT watermark FROM counters_meta").fetchone()[0]
+    return conn.execute(
+        "SELECT 1 FROM events WHERE seq > ? AND account_id = ? AND +received_us >= ?"
+        " AND +received_us < ? LIMIT 1", (watermark, account_id, start, end)).fetchone() is None
+
+
+_write_lock = threading.Lock()
+
+
+def write_snapshot(path: Path, table: pa.Table) -> None:
+    """Write a snapshot atomically (a reader sees the whole file or none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def sources(config: Config, account_id: str, days: list[date], now: float,
+            ) -> tuple[list[Path], pa.Table]:
+    """The days' usage: snapshot files for settled days (written now when missing), and one
+    Arrow table of live rows for the others."""
+    files: list[Path] = []
+    live: list[pa.Table] = []
+    if not config.landing_db.exists():
+        return files, SCHEMA.empty_table()
+    conn = landing.connect(config.landing_db, readonly=True)
+    try:
+        for day in days:
+            path = snapshot_path(config, account_id, day)
+            if path.exists():
+                files.append(path)
+                continue
+            table = to_table(day, day_cells(conn, account_id, day))
+            if settled(conn, account_id, day, now):
+                with _write_lock:
+                    if not path.exists():
+                        write_snapshot(path, table)
+                files.append(path)
+            elif table.num_rows:
+                live.append(table)
+    finally:
+        conn.close()
+    return files, pa.concat_tables(live) if live else SCHEMA.empty_table()
