@@ -5,9 +5,7 @@ real buckets on moto's S3 server."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,10 +20,6 @@ from conftest import ACCOUNT, OTHER_ACCOUNT, PROFILE, REGION, Server, cli, make_
 from kiro_activity import location, store
 from kiro_activity.store import Account
 
-CHROMIUM = os.environ.get("KIRO_ACTIVITY_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 PAGE = f"/admin/accounts/{ACCOUNT}"
 
 
@@ -179,19 +173,6 @@ def test_report_again_from_the_page(server: Server) -> None:
 
 
 # --- in a real browser --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package "
-                    "(.ci/run and 'make test' do)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def test_settings_page_in_chromium(server: Server, browser: Any,

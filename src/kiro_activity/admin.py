@@ -170,6 +170,20 @@ class Admin:
         with self.conn() as conn:
             return dashboard.document(self.config, conn, account_id, layout, r, self.clock())
 
+    def usage_page(self, p: Principal, account_id: str, r: dashboard.Range,
+                   user: str | None = None) -> dict[str, Any]:
+        """What the dashboard's overview, or one user's page, shows."""
+        self.authorise(p, account_id)
+        with self.conn() as conn:
+            store.require_account(conn, account_id)
+            return dashboard.page_data(self.config, conn, account_id, r, self.clock(), user)
+
+    def usage_users(self, p: Principal, account_id: str, r: dashboard.Range,
+                    **options: Any) -> dict[str, Any]:
+        """One page of the dashboard's users table."""
+        self.authorise(p, account_id)
+        return dashboard.users(self.config, account_id, r, self.clock(), **options)
+
     def usage_csv(self, p: Principal, account_id: str, first: str | None,
                   last: str | None) -> tuple[bytes, str]:
         """The users of the range with the 44 metrics summed, as the report's CSV cells, and

@@ -217,7 +217,8 @@ def freshness(conn: sqlite3.Connection, account_id: str, r: Range, now: float,
         else:
             state = delivered[text]["state"] if text in delivered else "not delivered"
         states.append({"day": text, "state": state, "final": day < r.today})
-    return {"as_of": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z"),
+    as_of = datetime.fromtimestamp(int(now), UTC)
+    return {"as_of": as_of.isoformat().replace("+00:00", "Z"),
             "includes_today": r.last >= r.today, "days": states}
 
 
@@ -239,20 +240,42 @@ def renamed(values: dict[str, Any], layout: str) -> dict[str, Any]:
     return {names.get(k, k): v for k, v in values.items()}
 
 
+def page_data(config: Config, conn: sqlite3.Connection, account_id: str, r: Range, now: float,
+              user: str | None = None) -> dict[str, Any]:
+    """What the overview (or one user's page) shows: :func:`overview`, the idle seats (on the
+    account's overview) and the freshness of the range."""
+    data = overview(config, account_id, r, now, user)
+    active = data.pop("active")
+    idle = idle_seats(conn, account_id, active, now) if user is None else []
+    return {**data, "idle_seats": {"count": len(idle), "users": idle},
+            "freshness": freshness(conn, account_id, r, now)}
+
+
 def document(config: Config, conn: sqlite3.Connection, account_id: str, layout: str,
              r: Range, now: float) -> dict[str, Any]:
     """The admin API's ``usage`` answer: per day and per user, by the layout's CSV names,
     with the totals, rates, breakdowns, idle seats and freshness of the range."""
-    data = overview(config, account_id, r, now)
+    data = page_data(config, conn, account_id, r, now)
     per_user = user_totals(config, account_id, r, now)
-    idle = idle_seats(conn, account_id, data.pop("active"), now)
     return {
         "account_id": account_id, "from": r.first.isoformat(), "to": r.last.isoformat(),
         "layout": layout,
         "days": [renamed(d, layout) for d in data.pop("days")],
         "users": [{"user_id": u, **renamed(v, layout)} for u, v in per_user],
         "totals": renamed(data.pop("totals"), layout),
-        "idle_seats": {"count": len(idle), "users": idle},
-        "freshness": freshness(conn, account_id, r, now),
         **data,
     }
+
+
+PRESETS = {"7": 7, "30": 30, "90": 90}
+
+
+def preset_range(preset: str, now: float) -> tuple[str, str]:
+    """The ``from``/``to`` of a preset: the last 7, 30 or 90 closed days, or today so far."""
+    today = datetime.fromtimestamp(now, UTC).date()
+    if preset == "today":
+        return today.isoformat(), today.isoformat()
+    if preset not in PRESETS:
+        raise UsageError(f"preset {preset!r} is not one of 7, 30, 90, today")
+    last = today - timedelta(days=1)
+    return (last - timedelta(days=PRESETS[preset] - 1)).isoformat(), last.isoformat()

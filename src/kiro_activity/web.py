@@ -30,6 +30,7 @@ from starlette.routing import Route, Router
 from . import audit, daily, sessions, store
 from . import settings as settings_mod
 from .admin import Admin
+from .dashboard_web import DashboardPages
 from .errors import (
     AdminError,
     BadRequestError,
@@ -86,6 +87,7 @@ class WebPages:
             Route(f"{a}/settings", self._page(self.save_settings), methods=["POST"]),
             Route(f"{a}/deliveries/{{day}}/replace", self._page(self.replace),
                   methods=["POST"]),
+            *DashboardPages(self).routes(),
         ])
         self.router.default = self._not_found
 
