@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint pytest bench bench-ceiling bench-report clean
+.PHONY: demo test lint pytest bench bench-ceiling bench-report bench-dashboard clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,8 @@ bench-ceiling: $(BIN)/.installed
 bench-report: $(BIN)/.installed
 	$(BIN)/python bench/report.py
 
+bench-dashboard: $(BIN)/.installed
+	$(BIN)/python bench/dashboard.py
+
 clean:
-	rm -rf $(VENV) kiro-data .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) kiro-data test-artifacts .pytest_cache .mypy_cache .ruff_cache .hypothesis

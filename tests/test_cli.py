@@ -108,6 +108,9 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
     token = re.search(r"log in with this admin token \(shown once\): (kat_[\w-]{43})",
                       r.stderr.replace("\n", " "))
     assert token is not None
+    out = r.stderr.replace("\n", " ")
+    assert re.search(r"dashboard: http://127\.0\.0\.1:8080/admin/login\?next=/admin/accounts/"
+                     r"\d{12}/usage%3Ffrom%3D\d{4}-\d\d-\d\d%26to%3D", out), out
     conn = store.connect(Config(data_dir=data).control_db)
     p = store.lookup_token(conn, token.group(1), now=time.time())
     conn.close()

@@ -20,6 +20,7 @@ from kiro_activity.config import Config
 from kiro_activity.demo import free_port
 from kiro_activity.errors import UsageError
 from kiro_activity.metrics import METRICS, column_metric
+from kiro_activity.schedule import Scheduler
 from usage_data import D1, D2, NOW, TODAY, seed
 
 USAGE = f"/admin/v1/accounts/{ACCOUNT}/usage"
@@ -157,11 +158,11 @@ def test_snapshots_equal_the_live_counters(config: Config) -> None:
     shutil.rmtree(config.data_dir / "usage", ignore_errors=True)
     just_closed = NOW - 12 * 3600 + 60  # a minute after D2 closed: not settled yet
     live = dashboard.overview(config, ACCOUNT, rng(), just_closed)
-    assert usage.snapshot_path(config, ACCOUNT, D1).exists()
-    assert not usage.snapshot_path(config, ACCOUNT, D2).exists()
+    assert usage.snapshot_paths(config, ACCOUNT, D1)["users"].exists()
+    assert not usage.snapshot_paths(config, ACCOUNT, D2)["users"].exists()
     snapped = dashboard.overview(config, ACCOUNT, rng(), NOW)
-    assert usage.snapshot_path(config, ACCOUNT, D2).exists()
-    assert not usage.snapshot_path(config, ACCOUNT, TODAY).exists()  # today is not final
+    assert usage.snapshot_paths(config, ACCOUNT, D2)["users"].exists()
+    assert not usage.snapshot_paths(config, ACCOUNT, TODAY)["users"].exists()  # not final
     assert snapped == live == dashboard.overview(config, ACCOUNT, rng(), NOW)
 
 
@@ -247,3 +248,24 @@ def test_openapi_describes_the_usage_endpoints(server: Server) -> None:
     for path in ("usage", "usage.csv"):
         op = paths[f"/admin/v1/accounts/{{account_id}}/{path}"]["get"]
         assert {p["name"] for p in op["parameters"]} >= {"from", "to"}
+
+
+def test_the_schedule_snapshots_settled_days(tmp_path: Path) -> None:
+    cfg = Config(data_dir=tmp_path / "data")
+    setup_accounts(cfg.data_dir)
+    seed(cfg)
+    midnight = NOW - 12 * 3600
+    clock = [midnight + 60]  # 2026-11-30 00:01: D2 has just closed
+    sched = Scheduler(cfg, lambda: clock[0])
+    sched.run_due()
+    assert usage.snapshot_paths(cfg, ACCOUNT, D1)["users"].exists()
+    assert not usage.snapshot_paths(cfg, ACCOUNT, D2)["users"].exists()
+    assert sched.next_wake() == midnight + usage.GRACE_SECONDS + 1  # wakes when D2 settles
+    clock[0] = NOW
+    sched.run_due()
+    assert usage.snapshot_paths(cfg, ACCOUNT, D2)["users"].exists()
+    assert not usage.snapshot_paths(cfg, ACCOUNT, TODAY)["users"].exists()
+    # a day without activity gets no file
+    assert not usage.snapshot_paths(cfg, OTHER_ACCOUNT, D2)["users"].exists()
+    assert usage.snapshot_paths(cfg, OTHER_ACCOUNT, D1)["users"].exists()
+    assert sched.next_wake() == midnight + 86_400

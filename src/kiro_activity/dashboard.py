@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from . import daily, usage
 from .config import Config
@@ -62,26 +63,44 @@ def parse_range(first: str | None, last: str | None, now: float, *, default_days
     return Range(start, end, today)
 
 
+def _lit(text: str) -> str:
+    """A SQL string literal (user ids hold no control characters; quotes are doubled)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 @contextmanager
-def _duck(config: Config, account_id: str, r: Range, now: float,
+def _duck(config: Config, account_id: str, r: Range, now: float, user: str | None = None,
           ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A DuckDB connection with a view ``u`` of the range's usage rows."""
-    files, live = usage.sources(config, account_id, r.days, now)
+    """A DuckDB connection with views of the range's usage (of one user when ``user`` is
+    given): ``pd`` the rows per user, IDE and language; ``ps`` rows with the sums per IDE and
+    language; ``pu`` one row per user and day."""
+    found = usage.sources(config, account_id, r.days, now)
     con = duckdb.connect(config={"threads": 2})
     try:
-        con.register("live", live)
-        parts = ["SELECT * FROM live"]
-        if files:
-            listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-            parts.append(f"SELECT * FROM read_parquet([{listed}])")
-        con.execute(f"CREATE VIEW u AS {' UNION ALL '.join(parts)}")
+        empty = usage.empty()
+        for kind, name in (("dims", "pd"), ("dimsums", "ps"), ("users", "pu")):
+            live = found.live[kind]
+            con.register(f"live_{kind}", pa.concat_tables(live) if live else empty[kind])
+            parts = [f"SELECT * FROM live_{kind}"]
+            if found.files[kind]:
+                listed = ", ".join(_lit(str(f)) for f in found.files[kind])
+                parts.append(f"SELECT * FROM read_parquet([{listed}])")
+            con.execute(f"CREATE VIEW {name}0 AS {' UNION ALL '.join(parts)}")
+        if user is None:
+            for name in ("pd", "ps", "pu"):
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}0")
+        else:
+            con.execute(f"CREATE VIEW pd AS SELECT * FROM pd0 WHERE user_id = {_lit(user)}")
+            con.execute("CREATE VIEW ps AS SELECT * FROM pd")
+            con.execute(f"CREATE VIEW pu AS SELECT day, user_id, {_sums()} FROM pd"
+                        " GROUP BY day, user_id")
         yield con
     finally:
         con.close()
 
 
 def _sums() -> str:
-    return ", ".join(f'sum("{f}")::BIGINT' for f in SUMMED)
+    return ", ".join(f'sum("{f}")::BIGINT AS "{f}"' for f in SUMMED)
 
 
 def _named(values: tuple[Any, ...] | list[Any]) -> dict[str, int]:
@@ -92,44 +111,39 @@ def _rates(values: dict[str, int]) -> dict[str, float | None]:
     return {r.name: r.of(values) for r in RATES}
 
 
-def _where(user: str | None) -> tuple[str, list[Any]]:
-    return ("WHERE user_id = ?", [user]) if user is not None else ("", [])
-
-
 def overview(config: Config, account_id: str, r: Range, now: float,
              user: str | None = None) -> dict[str, Any]:
     """Per day, totals and the breakdowns of the range (for one user when ``user`` is given)."""
-    where, args = _where(user)
-    with _duck(config, account_id, r, now) as con:
-        by_day = {row[0]: row for row in con.execute(
-            f"SELECT day, count(DISTINCT user_id), {_sums()} FROM u {where} GROUP BY day",
-            args).fetchall()}
-        total = con.execute(f"SELECT count(DISTINCT user_id), count(DISTINCT day), {_sums()}"
-                            f" FROM u {where}", args).fetchone()
-        dims = {dim: _breakdown(con, dim, where, args) for dim in ("ide", "language")}
+    with _duck(config, account_id, r, now, user) as con:
+        sums = {row[0]: row[1:] for row in con.execute(
+            f"SELECT day, {_sums()} FROM ps GROUP BY day").fetchall()}
+        users_of = dict(con.execute("SELECT day, count(*) FROM pu GROUP BY day").fetchall())
+        total = con.execute(f"SELECT {_sums()} FROM ps").fetchone()
         active = [row[0] for row in con.execute(
-            f"SELECT DISTINCT user_id FROM u {where} ORDER BY user_id", args).fetchall()]
+            "SELECT DISTINCT user_id FROM pu ORDER BY user_id").fetchall()]
+        dims = {dim: _breakdown(con, dim) for dim in ("ide", "language")}
     assert total is not None
     days = []
     for day in r.days:
-        row = by_day.get(day)
-        values = _named(row[2:] if row else [0] * len(SUMMED))
-        days.append({"day": day.isoformat(), "active_users": int(row[1]) if row else 0,
+        values = _named(sums.get(day, [0] * len(SUMMED)))
+        days.append({"day": day.isoformat(), "active_users": int(users_of.get(day, 0)),
                      **values, "rates": _rates(values)})
-    totals = _named(total[2:])
-    return {"days": days, "active_users": int(total[0]), "active_days": int(total[1]),
+    totals = _named(total)
+    return {"days": days, "active_users": len(active),
+            "active_days": sum(1 for d in days if d["active_users"]),
             "totals": totals, "rates": _rates(totals), "ai_lines": _ai_lines(totals),
             "by_ide": dims["ide"], "by_language": dims["language"], "active": active}
 
 
-def _breakdown(con: duckdb.DuckDBPyConnection, dim: str, where: str,
-               args: list[Any]) -> list[dict[str, Any]]:
-    rows = con.execute(f"SELECT {dim}, count(DISTINCT user_id), {_sums()} FROM u {where}"
-                       f" GROUP BY {dim} ORDER BY sum(events) DESC, {dim}", args).fetchall()
+def _breakdown(con: duckdb.DuckDBPyConnection, dim: str) -> list[dict[str, Any]]:
+    users_of = dict(con.execute(f"SELECT {dim}, count(DISTINCT user_id) FROM pd"
+                                f" GROUP BY {dim}").fetchall())
+    rows = con.execute(f"SELECT {dim}, {_sums()} FROM ps GROUP BY {dim}"
+                       f" ORDER BY sum(events) DESC, {dim}").fetchall()
     out = []
     for row in rows:
-        values = _named(row[2:])
-        out.append({"value": row[0], "active_users": int(row[1]), **values,
+        values = _named(row[1:])
+        out.append({"value": row[0], "active_users": int(users_of.get(row[0], 0)), **values,
                     "rates": _rates(values)})
     return out
 
@@ -155,9 +169,8 @@ def users(config: Config, account_id: str, r: Range, now: float, *, search: str 
         raise UsageError("page must be >= 1 and size from 1 to 1000")
     order = "DESC" if descending else "ASC"
     where, args = ("WHERE contains(lower(user_id), lower(?))", [search]) if search else ("", [])
-    per_user = ("SELECT user_id, count(DISTINCT day) AS active_days, "
-                + ", ".join(f'sum("{f}")::BIGINT AS "{f}"' for f in SUMMED)
-                + f" FROM u {where} GROUP BY user_id")
+    per_user = (f"SELECT user_id, count(*) AS active_days, {_sums()} FROM pu {where}"
+                " GROUP BY user_id")
     rates = ", ".join(f'{_rate_sql(rt)} AS "{rt.name}"' for rt in RATES)
     with _duck(config, account_id, r, now) as con:
         count = con.execute(f"SELECT count(*) FROM ({per_user})", args).fetchone()
@@ -180,7 +193,7 @@ def user_totals(config: Config, account_id: str, r: Range, now: float,
     """Every user active in the range (code-point order) with the 44 metrics summed."""
     sums = ", ".join(f'sum("{f}")::BIGINT' for f in METRIC_NAMES)
     with _duck(config, account_id, r, now) as con:
-        rows = con.execute(f"SELECT user_id, {sums} FROM u GROUP BY user_id"
+        rows = con.execute(f"SELECT user_id, {sums} FROM pu GROUP BY user_id"
                            " ORDER BY user_id").fetchall()
     return [(row[0], dict(zip(METRIC_NAMES, map(int, row[1:]), strict=True))) for row in rows]
 

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from rich.console import Console
@@ -198,10 +199,14 @@ def _reports(console: Console, config: Config, day: date) -> None:
                                           scopes=[a for a, _, _ in ACCOUNTS[1:]])
     finally:
         conn.close()
-    console.print("Admin pages (settings, delivery status, audit): run "
-                  f"'kiro-activity --data-dir {config.data_dir} serve', open "
-                  "http://127.0.0.1:8080/admin/ and log in with this admin token "
-                  f"(shown once): {token}", soft_wrap=True)
+    account = ACCOUNTS[0][0]
+    dashboard = (f"/admin/accounts/{account}/usage?from={day.isoformat()}"
+                 f"&to={day.isoformat()}")
+    console.print("Admin pages (settings, delivery status, audit) and the usage dashboard: run "
+                  f"'kiro-activity --data-dir {config.data_dir} serve', then open")
+    console.print(f"  dashboard: http://127.0.0.1:8080/admin/login?next={quote(dashboard)}",
+                  soft_wrap=True)
+    console.print(f"  and log in with this admin token (shown once): {token}", soft_wrap=True)
 
 
 def _summary(console: Console, config: Config, port: int, total: int,

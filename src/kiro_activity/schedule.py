@@ -15,7 +15,7 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 
-from . import settings
+from . import settings, store, usage
 from .aggregate import seal_day
 from .config import Config
 from .daily import Outcome, deliver_day, due_days
@@ -71,7 +71,25 @@ class Scheduler:
                 self.failures.pop(account_id, None)
                 self.retry_at.pop(account_id, None)
                 self._seal(account_id, day)
+        self._warm(now)
         return outcomes
+
+    def _warm(self, now: float) -> None:
+        """Snapshot every account's settled days of the last 90 for the dashboard (best
+        effort: a dashboard reads the counters itself when a snapshot is missing)."""
+        today = datetime.fromtimestamp(now, UTC).date()
+        days = [today - timedelta(days=i) for i in range(90, 0, -1)]
+        conn = connect(self.config.control_db)
+        try:
+            accounts = [a.account_id for a in store.list_accounts(conn)]
+        finally:
+            conn.close()
+        for account_id in accounts:
+            try:
+                usage.warm(self.config, account_id, days, now)
+            except Exception:
+                log.exception("could not snapshot the usage of %s for the dashboard",
+                              account_id)
 
     def _seal(self, account_id: str, day: date) -> None:
         """Archive the delivered day as typed Parquet for fast rebuilds (best effort)."""
@@ -83,7 +101,10 @@ class Scheduler:
 
     def next_wake(self) -> float:
         now = self.clock()
-        return min([next_midnight(now), *[t for t in self.retry_at.values() if t > now]])
+        settle = next_midnight(now) - 86_400 + usage.GRACE_SECONDS + 1  # the dashboard's warm-up
+        if settle <= now:
+            settle += 86_400
+        return min([next_midnight(now), settle, *[t for t in self.retry_at.values() if t > now]])
 
     async def run(self, stop: asyncio.Event, barrier: Callable[[], Awaitable[None]],
                   tick: float = 0.5) -> None:

@@ -9,7 +9,8 @@ counted twice.
 
 A closed day no longer changes, so once it has settled (closed for :data:`GRACE_SECONDS`, and
 every event of it counted) its rows are written once to a Parquet snapshot,
-``DATA_DIR/usage/<account>/<day>.v1.parquet``, that DuckDB then reads at columnar speed. A
+``DATA_DIR/usage/<account>/<day>.<kind>.v2.parquet`` (the rows, one per user, and the sums per
+IDE and language), that DuckDB then reads at columnar speed. A
 snapshot is a cache of the counters: deleting the folder only costs the time to write it again.
 """
 
@@ -18,9 +19,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -29,7 +32,7 @@ from .aggregate import DAY_US, day_window
 from .config import Config
 from .metrics import DISTINCT, EXTRA, METRICS
 
-VERSION = 1
+VERSION = 2
 GRACE_SECONDS = 300.0
 #: the figures of a row, in the order of the breakdown table's cells
 FIGURES = [m.name for m in METRICS] + ["events"] + [m.name for m in EXTRA]
@@ -41,8 +44,9 @@ _UNCOUNTED = [i for i in range(counters.N) if i not in DISTINCT]  # the cells us
 Row = tuple[str, str, str]  # user, ide, language
 
 
-def snapshot_path(config: Config, account_id: str, day: date) -> Path:
-    return config.data_dir / "usage" / account_id / f"{day.isoformat()}.v{VERSION}.parquet"
+def snapshot_paths(config: Config, account_id: str, day: date) -> dict[str, Path]:
+    folder = config.data_dir / "usage" / account_id
+    return {kind: folder / f"{day.isoformat()}.{kind}.v{VERSION}.parquet" for kind in KINDS}
 
 
 def _day_number(day: date) -> int:
@@ -114,12 +118,45 @@ def _add_tail(conn: sqlite3.Connection, rows: dict[Row, list[int]], account_id: 
 
 def to_table(day: date, rows: dict[Row, list[int]]) -> pa.Table:
     """Rows of one day as Arrow data of :data:`SCHEMA` (users in code-point order)."""
+    if not rows:
+        return SCHEMA.empty_table()
     keys = sorted(rows)
     columns: list[pa.Array] = [pa.array([day] * len(keys), pa.date32())]
-    columns += [pa.array([k[i] for k in keys], pa.string()) for i in range(3)]
-    cells = [rows[k] for k in keys]
-    columns += [pa.array([c[i] for c in cells], pa.int64()) for i in range(len(FIGURES))]
+    columns += [pa.array(c, pa.string()) for c in zip(*keys, strict=True)]
+    columns += [pa.array(c, pa.int64()) for c in zip(*(rows[k] for k in keys), strict=True)]
     return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def _sums() -> str:
+    return ", ".join(f'sum("{f}")::BIGINT AS "{f}"' for f in FIGURES)
+
+
+#: the three tables of a day, derived from its rows at the breakdown's grain ("dims"): one row
+#: per user ("users": active users are its rows), and the sums per IDE and language
+#: ("dimsums"); the overview reads the small ones, a user's page the rows of that user
+DERIVED = {
+    "users": f"SELECT day, user_id, {_sums()} FROM dims GROUP BY day, user_id ORDER BY user_id",
+    "dimsums": f"SELECT day, ide, language, {_sums()} FROM dims GROUP BY day, ide, language"
+               " ORDER BY ide, language",
+}
+KINDS = ("dims", "dimsums", "users")  # the order they are written in: users last
+
+
+def tables_of(dims: pa.Table) -> dict[str, pa.Table]:
+    """The day's three tables from its rows at the breakdown's grain."""
+    con = duckdb.connect(config={"threads": 1})
+    try:
+        con.register("dims", dims)
+        out = {"dims": dims}
+        for kind, sql in DERIVED.items():
+            out[kind] = con.sql(sql).to_arrow_table()
+        return out
+    finally:
+        con.close()
+
+
+def empty() -> dict[str, pa.Table]:
+    return tables_of(SCHEMA.empty_table())
 
 
 def settled(conn: sqlite3.Connection, account_id: str, day: date, now: float) -> bool:
@@ -136,39 +173,81 @@ def settled(conn: sqlite3.Connection, account_id: str, day: date, now: float) ->
 _write_lock = threading.Lock()
 
 
-def write_snapshot(path: Path, table: pa.Table) -> None:
-    """Write a snapshot atomically (a reader sees the whole file or none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_snapshot(paths: dict[str, Path], tables: dict[str, pa.Table]) -> None:
+    """Write a day's tables, each atomically and the per-user one last: a day whose ``users``
+    file exists is complete."""
+    for kind in KINDS:
+        path = paths[kind]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        # small row groups: a user's page reads only the groups that can hold that user
+        pq.write_table(tables[kind], tmp, compression="zstd", row_group_size=4096)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
-def sources(config: Config, account_id: str, days: list[date], now: float,
-            ) -> tuple[list[Path], pa.Table]:
-    """The days' usage: snapshot files for settled days (written now when missing), and one
-    Arrow table of live rows for the others."""
-    files: list[Path] = []
-    live: list[pa.Table] = []
+def _snapshot(config: Config, conn: sqlite3.Connection, account_id: str, day: date,
+              now: float) -> tuple[dict[str, Path] | None, dict[str, pa.Table] | None]:
+    """The day's snapshot files (written now if the day has settled), or its live tables
+    (None for a day without activity)."""
+    paths = snapshot_paths(config, account_id, day)
+    if paths["users"].exists():
+        return paths, None
+    dims = to_table(day, day_cells(conn, account_id, day))
+    if not dims.num_rows:
+        return None, None  # an empty day costs nothing to read again: no file for it
+    tables = tables_of(dims)
+    if not settled(conn, account_id, day, now):
+        return None, tables
+    with _write_lock:
+        if not paths["users"].exists():
+            write_snapshot(paths, tables)
+    return paths, None
+
+
+def warm(config: Config, account_id: str, days: list[date], now: float) -> int:
+    """Write the snapshots of the settled ``days`` that have none yet; returns how many
+    (the schedule does this after each day closes, so that a dashboard never waits for it)."""
     if not config.landing_db.exists():
-        return files, SCHEMA.empty_table()
+        return 0
+    conn = landing.connect(config.landing_db, readonly=True)
+    written = 0
+    try:
+        for day in days:
+            if snapshot_paths(config, account_id, day)["users"].exists() or not settled(
+                    conn, account_id, day, now):
+                continue
+            paths, _ = _snapshot(config, conn, account_id, day, now)
+            written += paths is not None
+    finally:
+        conn.close()
+    return written
+
+
+@dataclass
+class Sources:
+    """A range's usage: per kind, the snapshot files and the live tables."""
+
+    files: dict[str, list[Path]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    live: dict[str, list[pa.Table]] = field(default_factory=lambda: {k: [] for k in KINDS})
+
+
+def sources(config: Config, account_id: str, days: list[date], now: float) -> Sources:
+    """The days' usage: snapshot files for settled days (written now when missing), and live
+    tables for the others."""
+    found = Sources()
+    if not config.landing_db.exists():
+        return found
     conn = landing.connect(config.landing_db, readonly=True)
     try:
         for day in days:
-            path = snapshot_path(config, account_id, day)
-            if path.exists():
-                files.append(path)
-                continue
-            table = to_table(day, day_cells(conn, account_id, day))
-            if settled(conn, account_id, day, now):
-                with _write_lock:
-                    if not path.exists():
-                        write_snapshot(path, table)
-                files.append(path)
-            elif table.num_rows:
-                live.append(table)
+            paths, tables = _snapshot(config, conn, account_id, day, now)
+            for kind in KINDS:
+                if paths is not None:
+                    found.files[kind].append(paths[kind])
+                elif tables is not None:
+                    found.live[kind].append(tables[kind])
     finally:
         conn.close()
-    return files, pa.concat_tables(live) if live else SCHEMA.empty_table()
+    return found
