@@ -70,7 +70,8 @@ def _lit(text: str) -> str:
 
 @contextmanager
 def _duck(config: Config, account_id: str, r: Range, now: float, user: str | None = None,
-          ) -> Iterator[duckdb.DuckDBPyConnection]:
+          views: tuple[str, ...] = ("pd", "ps", "pu"),
+          ) -> Iterator[tuple[duckdb.DuckDBPyConnection, usage.Sources]]:
     """A DuckDB connection with views of the range's usage (of one user when ``user`` is
     given): ``pd`` the rows per user, IDE and language; ``ps`` rows with the sums per IDE and
     language; ``pu`` one row per user and day."""
@@ -78,7 +79,10 @@ def _duck(config: Config, account_id: str, r: Range, now: float, user: str | Non
     con = duckdb.connect(config={"threads": 2})
     try:
         empty = usage.empty()
+        wanted = {"pd"} if user is not None else set(views)
         for kind, name in (("dims", "pd"), ("dimsums", "ps"), ("users", "pu")):
+            if name not in wanted:
+                continue  # binding a view opens every file of it
             live = found.live[kind]
             con.register(f"live_{kind}", pa.concat_tables(live) if live else empty[kind])
             parts = [f"SELECT * FROM live_{kind}"]
@@ -87,14 +91,14 @@ def _duck(config: Config, account_id: str, r: Range, now: float, user: str | Non
                 parts.append(f"SELECT * FROM read_parquet([{listed}])")
             con.execute(f"CREATE VIEW {name}0 AS {' UNION ALL '.join(parts)}")
         if user is None:
-            for name in ("pd", "ps", "pu"):
+            for name in views:
                 con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}0")
         else:
             con.execute(f"CREATE VIEW pd AS SELECT * FROM pd0 WHERE user_id = {_lit(user)}")
             con.execute("CREATE VIEW ps AS SELECT * FROM pd")
             con.execute(f"CREATE VIEW pu AS SELECT day, user_id, {_sums()} FROM pd"
                         " GROUP BY day, user_id")
-        yield con
+        yield con, found
     finally:
         con.close()
 
@@ -114,13 +118,22 @@ def _rates(values: dict[str, int]) -> dict[str, float | None]:
 def overview(config: Config, account_id: str, r: Range, now: float,
              user: str | None = None) -> dict[str, Any]:
     """Per day, totals and the breakdowns of the range (for one user when ``user`` is given)."""
-    with _duck(config, account_id, r, now, user) as con:
+    with _duck(config, account_id, r, now, user, views=("pd",)) as (con, found):
+        # each view read once (every query over the files pays for opening them): the small
+        # sums, who was active on which day, and who used which IDE and language
+        if user is None:  # the sums and who was active when, from the cached columns
+            _cached(con, found, "s", "dimsums", None)
+            _cached(con, found, "a", "users", ("day", "user_id"))
+        else:
+            con.execute("CREATE TEMP TABLE s AS SELECT * FROM ps")
+            con.execute("CREATE TEMP TABLE a AS SELECT day, user_id FROM pu")
+        con.execute("CREATE TEMP TABLE w AS SELECT DISTINCT ide, language, user_id FROM pd")
         sums = {row[0]: row[1:] for row in con.execute(
-            f"SELECT day, {_sums()} FROM ps GROUP BY day").fetchall()}
-        users_of = dict(con.execute("SELECT day, count(*) FROM pu GROUP BY day").fetchall())
-        total = con.execute(f"SELECT {_sums()} FROM ps").fetchone()
+            f"SELECT day, {_sums()} FROM s GROUP BY day").fetchall()}
+        users_of = dict(con.execute("SELECT day, count(*) FROM a GROUP BY day").fetchall())
+        total = con.execute(f"SELECT {_sums()} FROM s").fetchone()
         active = [row[0] for row in con.execute(
-            "SELECT DISTINCT user_id FROM pu ORDER BY user_id").fetchall()]
+            "SELECT DISTINCT user_id FROM a ORDER BY user_id").fetchall()]
         dims = {dim: _breakdown(con, dim) for dim in ("ide", "language")}
     assert total is not None
     days = []
@@ -135,10 +148,22 @@ def overview(config: Config, account_id: str, r: Range, now: float,
             "by_ide": dims["ide"], "by_language": dims["language"], "active": active}
 
 
+def _cached(con: duckdb.DuckDBPyConnection, found: usage.Sources, name: str, kind: str,
+            columns: tuple[str, ...] | None) -> None:
+    """Table ``name``: the columns of the ``kind`` snapshots (from the cache) and live rows."""
+    parts = [t.select(list(columns)) if columns else t for t in found.live[kind]]
+    cached = usage.CACHE.concat(found.files[kind], columns)
+    if cached is not None:
+        parts.append(cached)
+    empty = usage.empty()[kind]
+    con.register(name, pa.concat_tables(parts, promote_options="default") if parts else
+                 (empty.select(list(columns)) if columns else empty))  # scanned in place
+
+
 def _breakdown(con: duckdb.DuckDBPyConnection, dim: str) -> list[dict[str, Any]]:
-    users_of = dict(con.execute(f"SELECT {dim}, count(DISTINCT user_id) FROM pd"
+    users_of = dict(con.execute(f"SELECT {dim}, count(DISTINCT user_id) FROM w"
                                 f" GROUP BY {dim}").fetchall())
-    rows = con.execute(f"SELECT {dim}, {_sums()} FROM ps GROUP BY {dim}"
+    rows = con.execute(f"SELECT {dim}, {_sums()} FROM s GROUP BY {dim}"
                        f" ORDER BY sum(events) DESC, {dim}").fetchall()
     out = []
     for row in rows:
@@ -172,11 +197,12 @@ def users(config: Config, account_id: str, r: Range, now: float, *, search: str 
     per_user = (f"SELECT user_id, count(*) AS active_days, {_sums()} FROM pu {where}"
                 " GROUP BY user_id")
     rates = ", ".join(f'{_rate_sql(rt)} AS "{rt.name}"' for rt in RATES)
-    with _duck(config, account_id, r, now) as con:
-        count = con.execute(f"SELECT count(*) FROM ({per_user})", args).fetchone()
+    with _duck(config, account_id, r, now, views=("pu",)) as (con, _):
+        con.execute(f"CREATE TEMP TABLE t AS SELECT *, {rates} FROM ({per_user})", args)
+        count = con.execute("SELECT count(*) FROM t").fetchone()
         rows = con.execute(
-            f"SELECT *, {rates} FROM ({per_user}) ORDER BY \"{sort}\" {order} NULLS LAST,"
-            " user_id LIMIT ? OFFSET ?", [*args, size, (page - 1) * size]).fetchall()
+            f"SELECT * FROM t ORDER BY \"{sort}\" {order} NULLS LAST, user_id LIMIT ? OFFSET ?",
+            [size, (page - 1) * size]).fetchall()
     assert count is not None
     out = []
     for row in rows:
@@ -192,7 +218,7 @@ def user_totals(config: Config, account_id: str, r: Range, now: float,
                 ) -> list[tuple[str, dict[str, int]]]:
     """Every user active in the range (code-point order) with the 44 metrics summed."""
     sums = ", ".join(f'sum("{f}")::BIGINT' for f in METRIC_NAMES)
-    with _duck(config, account_id, r, now) as con:
+    with _duck(config, account_id, r, now, views=("pu",)) as (con, _):
         rows = con.execute(f"SELECT user_id, {sums} FROM pu GROUP BY user_id"
                            " ORDER BY user_id").fetchall()
     return [(row[0], dict(zip(METRIC_NAMES, map(int, row[1:]), strict=True))) for row in rows]

@@ -16,9 +16,11 @@ snapshot is a cache of the counters: deleting the folder only costs the time to 
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -155,7 +157,9 @@ def tables_of(dims: pa.Table) -> dict[str, pa.Table]:
         con.close()
 
 
+@functools.cache
 def empty() -> dict[str, pa.Table]:
+    """The three tables of a day without activity (their schemas)."""
     return tables_of(SCHEMA.empty_table())
 
 
@@ -251,3 +255,42 @@ def sources(config: Config, account_id: str, days: list[date], now: float) -> So
     finally:
         conn.close()
     return found
+
+
+class ColumnCache:
+    """Columns of snapshot files kept in memory, least recently used out first, within a byte
+    budget: a snapshot never changes once written, and opening ninety files for every view of
+    a page costs more than reading their few columns."""
+
+    def __init__(self, budget: int = 256 << 20) -> None:
+        self.budget = budget
+        self._tables: OrderedDict[tuple[Path, int, int, tuple[str, ...]], pa.Table] = (
+            OrderedDict())
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, columns: tuple[str, ...] | None = None) -> pa.Table:
+        stat = path.stat()  # a file written again (the folder deleted) is another entry
+        key = (path, stat.st_mtime_ns, stat.st_size, columns or ())
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+                return table
+        table = pq.read_table(path, columns=list(columns) if columns else None)
+        with self._lock:
+            if key not in self._tables and table.nbytes <= self.budget:
+                self._tables[key] = table
+                self._bytes += table.nbytes
+                while self._bytes > self.budget:
+                    _, dropped = self._tables.popitem(last=False)
+                    self._bytes -= dropped.nbytes
+        return table
+
+    def concat(self, paths: list[Path], columns: tuple[str, ...] | None = None,
+               ) -> pa.Table | None:
+        tables = [self.get(p, columns) for p in paths]
+        return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+CACHE = ColumnCache()
