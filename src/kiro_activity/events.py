@@ -23,6 +23,7 @@ from typing import Any, Final, Literal, TypeGuard, get_args
 import orjson
 
 from kiro_activity.errors import ValidationError
+from kiro_activity.jsonkeys import duplicate_key
 from kiro_activity.metrics import AMOUNT_MAX
 
 Kind = Literal[
@@ -456,11 +457,21 @@ def validate_request(doc: object) -> TelemetryRequest:
 
 
 def parse_request(body: bytes) -> TelemetryRequest:
-    """Parse JSON ``body`` with orjson and validate it; malformed JSON is a ValidationError."""
+    """Parse JSON ``body`` with orjson and validate it; malformed JSON, or JSON with a key
+    repeated in an object (:mod:`.jsonkeys`), is a ValidationError."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise ValidationError(f"request body is not valid JSON: {e}") from None
+    try:
+        repeated = duplicate_key(body, doc)
+    except RecursionError:
+        raise ValidationError("request body is nested too deeply") from None
+    if repeated is not None:
+        key, where = repeated
+        raise ValidationError(
+            f"request body has the key {_show(key)} twice in {where}: each key may appear once"
+            " in an object (JSON readers disagree on which value counts)")
     return validate_request(doc)
 
 
