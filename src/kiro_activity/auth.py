@@ -99,15 +99,38 @@ class Authenticator:
 
 
 class RateLimiter:
-    """A token bucket per bearer token: ``rate`` requests/s sustained, ``burst`` at once."""
+    """A token bucket per bearer token: ``rate`` units/s sustained, ``burst`` at once (the units
+    are requests, or events: ``what``)."""
 
     def __init__(
-        self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic
+        self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic,
+        what: str = "requests",
     ) -> None:
         self.rate = rate
         self.burst = max(burst, 1.0)
+        self.what = what
         self._clock = clock
         self._buckets: dict[int, tuple[float, float]] = {}
+
+    def take(self, key: int, wanted: int) -> tuple[int, float]:
+        """Take up to ``wanted`` whole units from the key's bucket: how many were granted, and
+        when (seconds) the rest could be; ThrottlingError when not even one is available."""
+        if self.rate <= 0:
+            return wanted, 0.0
+        now = self._clock()
+        level, last = self._buckets.get(key, (self.burst, now))
+        level = min(self.burst, level + (now - last) * self.rate)
+        granted = min(wanted, int(level))
+        self._buckets[key] = (level - granted, now)
+        if granted == 0 < wanted:
+            wait = (1 - level) / self.rate
+            raise ThrottlingError(self._message(wait), retry_after=wait)
+        rest = min(wanted - granted, self.burst)
+        return granted, max(0.0, (rest - (level - granted)) / self.rate)
+
+    def _message(self, wait: float) -> str:
+        return (f"rate limit of {self.rate:g} {self.what}/s per token (burst {self.burst:g})"
+                f" exceeded; retry in {wait:.2f} s")
 
     def check(self, key: int, cost: float = 1.0) -> None:
         """Take ``cost`` from the key's bucket or raise ThrottlingError with a Retry-After."""

@@ -62,6 +62,9 @@ def _control(ctx: click.Context) -> sqlite3.Connection:
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to bind.")
 @click.option("--rate", type=float, help="Requests/s per token (0: no limit). [default: 100]")
 @click.option("--burst", type=float, help="Burst allowance per token. [default: 1000]")
+@click.option("--events-rate", type=float,
+              help="Events/s per token, a bulk line each (0: no limit). [default: 1000]")
+@click.option("--events-burst", type=float, help="Event burst per token. [default: 100000]")
 @click.option("--max-body-bytes", type=int, help="Largest request body. [default: 1 MiB]")
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 @click.option("--schedule/--no-schedule", default=True, show_default=True,
@@ -70,6 +73,7 @@ def _control(ctx: click.Context) -> sqlite3.Connection:
               help="Testing aid: run the service's clock from this ISO time.")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: float | None,
+          events_rate: float | None, events_burst: float | None,
           max_body_bytes: int | None, access_log: bool, schedule: bool,
           fake_clock_start: str | None) -> None:
     """Serve SendTelemetryEvent (awsJson 1.0 and restJson1) and the bulk-import endpoint,
@@ -82,6 +86,7 @@ def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: f
     config = Config.from_environ(
         data_dir=ctx.obj.data_dir, host=host, port=port, rate_per_token=rate,
         burst_per_token=burst, max_body_bytes=max_body_bytes, schedule=schedule,
+        events_per_token=events_rate, events_burst_per_token=events_burst,
     )
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store.connect(config.control_db).close()

@@ -30,6 +30,10 @@ class Config:
     #: per-token sustained rate (requests/s) and burst (bucket size)
     rate_per_token: float = 100.0
     burst_per_token: float = 1000.0
+    #: per-token sustained rate and burst of events: a bulk call of N lines costs N (the burst
+    #: covers one bulk call of the most lines)
+    events_per_token: float = 1000.0
+    events_burst_per_token: float = 100_000.0
     #: how long raw events (and so clientToken dedupe) are kept
     retention_days: int = 30
     #: most requests the writer commits in one transaction
