@@ -8,6 +8,8 @@
     │   ├── UnknownOperationError       400  POST / without our X-Amz-Target operation
     │   ├── AccessDeniedError           403  no/unknown/revoked token, or another account/user
     │   ├── ThrottlingError             429  over the per-token rate limit
+    │   ├── RequestTimeoutError         408  a request not received in time (slow client)
+    │   ├── OverloadedError             503  too many open connections
     │   └── InternalServerError         500  our fault (503 when the store cannot commit)
     │       └── StoreUnavailableError   503  the landing log could not commit (disk full, I/O)
     ├── AdminError                      answered by the admin API as {"error": {type, message,
@@ -86,6 +88,20 @@ class ThrottlingError(ApiError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RequestTimeoutError(ApiError):
+    """408: the request's headers or body did not arrive in time; the connection is closed."""
+
+    status = 408
+    type_name = "RequestTimeoutException"
+
+
+class OverloadedError(ApiError):
+    """503: the server holds as many connections as it allows; try again shortly."""
+
+    status = 503
+    type_name = "ServiceUnavailableException"
 
 
 class InternalServerError(ApiError):
