@@ -81,6 +81,7 @@ def _control(ctx: click.Context) -> sqlite3.Connection:
 @click.option("--fake-clock-start", hidden=True,
               help="Testing aid: run the service's clock from this ISO time.")
 @click.pass_context
+@_errors
 def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: float | None,
           events_rate: float | None, events_burst: float | None,
           max_body_bytes: int | None, header_timeout: float | None, body_timeout: float | None,
@@ -101,8 +102,11 @@ def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: f
         keep_alive_timeout=keep_alive_timeout, max_connections=max_connections,
     )
     config = _within_descriptors(config)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store.private_dir(config.data_dir)
+    for db in (config.control_db, config.landing_db):
+        store.check_database(db)
     store.connect(config.control_db).close()
+    landing.connect(config.landing_db).close()
     click.echo(f"kiro-activity serving on http://{host}:{port} (data in {config.data_dir})",
                err=True)
     clock = time.time

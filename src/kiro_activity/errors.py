@@ -21,6 +21,7 @@
     │   ├── MethodNotAllowedError       405  the endpoint does not take this method
     │   ├── ConflictError               409  a day not closed yet, or a change saved meanwhile
     │   └── AdminServerError            500  our fault
+    ├── DamagedDatabaseError            a database file that SQLite cannot read (named)
     ├── UsageError                      a CLI/library caller asked for something impossible
     │   ├── SettingsRejected            settings that fail validation, with every problem
     │   └── SettingsConflict            another change was saved while these were checked
@@ -182,6 +183,11 @@ class ConflictError(AdminError):
 
     status = 409
     type_name = "Conflict"
+
+
+class DamagedDatabaseError(KiroActivityError):
+    """A database file of the data folder is damaged or is not a database; the message names
+    the file."""
 
 
 class UsageError(KiroActivityError):

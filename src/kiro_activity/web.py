@@ -174,10 +174,10 @@ class WebPages:
                                message=exc.message, principal=None)
         token = str(form.get("token") or "").strip()
         target = _safe_next(str(form.get("next") or ""))
-        p, session_id = await run_in_threadpool(self._open_session, token)
+        _, session_id = await run_in_threadpool(self._open_session, token)
         if session_id is None:
-            error = ("That is a telemetry token; log in with an admin token."
-                     if p is not None else "That token is unknown, revoked or expired.")
+            error = ("That is not a valid admin token (unknown, revoked or expired, or not an"
+                     " admin token).")  # the same for every refused token: nothing leaks
             return self.render("login.html", 401, next=target, error=error, principal=None)
         response = RedirectResponse(target, 303, headers=SECURITY_HEADERS)
         response.set_cookie(COOKIE, session_id, max_age=sessions.SESSION_SECONDS, path="/admin",
