@@ -147,3 +147,43 @@ class RateLimiter:
                 retry_after=wait,
             )
         self._buckets[key] = (level - cost, now)
+
+
+class FailureLimiter:
+    """Failed authentications per source address (a bad or missing bearer token, a refused
+    login): ``limit`` of them within ``window`` seconds, then every request of that source is
+    refused until the allowance refills (a token bucket of failures), so that tokens cannot be
+    guessed at speed; other sources are not affected. ``limit`` 0 turns it off."""
+
+    def __init__(self, limit: int, window: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window = limit, window
+        self._rate = limit / window if limit > 0 and window > 0 else 0.0
+        self._clock = clock
+        self._sources: dict[str, tuple[float, float]] = {}
+
+    def _level(self, source: str, now: float) -> float:
+        level, last = self._sources.get(source, (float(self.limit), now))
+        return min(float(self.limit), level + (now - last) * self._rate)
+
+    def blocked(self, source: str) -> str | None:
+        """Why ``source`` is refused now (with when to retry), or None."""
+        if not self._rate or source not in self._sources:
+            return None
+        level = self._level(source, self._clock())
+        if level >= 1:
+            return None
+        return (f"too many failed authentications from {source} ({self.limit} within "
+                f"{self.window:g} s); retry in {self.retry_after(source):.0f} s")
+
+    def retry_after(self, source: str) -> float:
+        return max(1.0, (1 - self._level(source, self._clock())) / self._rate)
+
+    def failed(self, source: str) -> None:
+        """Count one failure of ``source``."""
+        if not self._rate:
+            return
+        if len(self._sources) > 100_000:
+            self._sources.clear()  # bounded memory; a flood of sources only resets the count
+        now = self._clock()
+        self._sources[source] = (self._level(source, now) - 1, now)

@@ -41,6 +41,10 @@ class Config:
     body_timeout: float = 60.0
     keep_alive_timeout: float = 5.0
     max_connections: int = 4096
+    #: failed authentications (bad bearer tokens, refused logins) allowed per source address
+    #: within the window; then its requests are answered 429 (0: no limit)
+    auth_failures_per_source: int = 100
+    auth_failure_window: float = 60.0
     #: how long raw events (and so clientToken dedupe) are kept
     retention_days: int = 30
     #: most requests the writer commits in one transaction

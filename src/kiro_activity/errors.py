@@ -20,6 +20,7 @@
     │   ├── NotFoundError               404  no such admin endpoint
     │   ├── MethodNotAllowedError       405  the endpoint does not take this method
     │   ├── ConflictError               409  a day not closed yet, or a change saved meanwhile
+    │   ├── TooManyFailuresError        429  too many failed authentications from this source
     │   └── AdminServerError            500  our fault
     ├── DamagedDatabaseError            a database file that SQLite cannot read (named)
     ├── UsageError                      a CLI/library caller asked for something impossible
@@ -183,6 +184,13 @@ class ConflictError(AdminError):
 
     status = 409
     type_name = "Conflict"
+
+
+class TooManyFailuresError(AdminError):
+    """429: this source address failed to authenticate too often; it must wait."""
+
+    status = 429
+    type_name = "TooManyRequests"
 
 
 class DamagedDatabaseError(KiroActivityError):

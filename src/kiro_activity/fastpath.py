@@ -141,7 +141,7 @@ class FastProtocol(HttpToolsProtocol):
             return None
         if self.cycle is not None and not self.cycle.response_complete:
             return None  # a request of this connection is in flight: queue like uvicorn does
-        headers: dict[str, str] = {}
+        headers = {"source": self.client[0] if self.client else ""}  # as ingest sets it
         for name, value in self.headers:
             if name in WANTED_HEADERS:
                 headers[name.decode("latin-1")] = value.decode("latin-1")

@@ -21,7 +21,7 @@ import orjson
 
 from . import events, openapi
 from .admin import Admin, AdminApi
-from .auth import Authenticator, RateLimiter
+from .auth import Authenticator, FailureLimiter, RateLimiter
 from .body import ClientDisconnected, read_body
 from .config import Config
 from .errors import (
@@ -72,14 +72,16 @@ class IngestApp:
             retention_days=config.retention_days,
         )
         self.auth = Authenticator(config.control_db, clock=clock)
+        self.failures = FailureLimiter(config.auth_failures_per_source,
+                                       config.auth_failure_window)
         self.limiter = RateLimiter(config.rate_per_token, config.burst_per_token)
         self.event_limiter = RateLimiter(config.events_per_token, config.events_burst_per_token,
                                          what="events")
         self._openapi = orjson.dumps(openapi.document(config))
         self.scheduler = Scheduler(config, clock) if config.schedule else None
         admin = Admin(config, clock)
-        self.admin_api = AdminApi(admin, self.auth)
-        self.pages = WebPages(admin)
+        self.admin_api = AdminApi(admin, self.auth, self.failures)
+        self.pages = WebPages(admin, self.failures)
         self._stop = asyncio.Event()
         #: single events answered by :mod:`.fastpath` (the rest went through ASGI)
         self.fast_requests = 0
@@ -98,6 +100,8 @@ class IngestApp:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
                    if k in WANTED_HEADERS}
+        client = scope.get("client")
+        headers["source"] = client[0] if client else ""  # not a header name: never sent
         try:
             await self._route(scope["method"], scope["path"], headers, receive, send)
         except ApiError as exc:
@@ -219,8 +223,17 @@ class IngestApp:
             return {"line": number, "status": exc.status, **exc.body()}
 
     def _admit(self, headers: dict[str, str], events: int = 1) -> Principal:
-        """The token's principal, its request taken from its rate limit (and ``events``)."""
-        principal = self.auth.principal(headers.get("authorization"))
+        """The token's principal, its request taken from its rate limit (and ``events``); a
+        source that failed to authenticate too often is refused first."""
+        source = headers.get("source", "")
+        refused = self.failures.blocked(source)
+        if refused is not None:
+            raise ThrottlingError(refused, retry_after=self.failures.retry_after(source))
+        try:
+            principal = self.auth.principal(headers.get("authorization"))
+        except AccessDeniedError:
+            self.failures.failed(source)
+            raise
         self.limiter.check(principal.token_id)
         if events:
             self.event_limiter.take(principal.token_id, events)
