@@ -132,7 +132,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             conn.executescript(SCHEMA + counters.SCHEMA)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        if isinstance(exc, sqlite3.OperationalError):  # locked, I/O, full disk: not damage
             raise
         raise store.damaged(path, exc) from None
     return conn

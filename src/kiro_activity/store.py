@@ -220,7 +220,7 @@ def connect(path: Path) -> sqlite3.Connection:
         _migrate(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        if isinstance(exc, sqlite3.OperationalError):  # locked, I/O, full disk: not damage
             raise
         raise damaged(path, exc) from None
     return conn
