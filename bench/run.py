@@ -112,7 +112,7 @@ def bulk(work: Path, events: int, batch: int = 10_000) -> None:
     lines = [orjson.dumps(request_body("userTriggerDecisionEvent", rng, ts=1764547200.0))
              for _ in range(batch)]
     port = free_port()
-    server = start_server(config, port, "--rate", "0")
+    server = start_server(config, port, "--rate", "0", "--events-rate", "0")
     payloads = []
     for i in range(events // batch):  # fresh clientTokens per batch so that nothing dedupes
         tag = f"{i:06d}".encode()

@@ -195,9 +195,10 @@ SCREENSHOTS = Path(os.environ.get("KIRO_ACTIVITY_SCREENSHOTS",
                                   Path(__file__).parent.parent / "test-artifacts" / "screenshots"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's headless chromium, driven by Playwright (no browser download)."""
+    """Debian's headless chromium, driven by Playwright (no browser download); per module,
+    since Playwright's sync API keeps an event loop running in the main thread until closed."""
     if not shutil.which(CHROMIUM):
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package "
                     "(.ci/run and 'make test' do)")

@@ -102,3 +102,55 @@ def test_configured_body_limit(tight: Server) -> None:
     assert "2000" in r.json()["message"]
 
 
+
+
+@pytest.fixture(scope="module")
+def metered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = make_server(tmp_path_factory.mktemp("metered"), "--events-rate", "5",
+                    "--events-burst", "20", "--max-body-bytes", "2000")
+    yield s
+    s.stop()
+
+
+def test_a_batch_costs_one_event_per_line(metered: Server) -> None:
+    """#13: a bulk call counted as one request, so one token could send 100,000 events at
+    each of its 100 requests/s. Now the lines the bucket cannot cover are answered 429, line
+    by line, with when to send them again; a call with no line covered is a 429 itself."""
+    rng = random.Random(11)
+    lines = [request_body("featureDevEvent", rng) for _ in range(30)]
+    with metered.client("bulk") as client, metered.client("other") as other:
+        r = client.post(BATCH, content=ndjson(lines), headers=NDJSON)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert (out["lines"], out["accepted"], out["throttled"], out["rejected"]) == (
+            30, 20, 10, 10)
+        assert [x["status"] for x in out["results"]] == [200] * 20 + [429] * 10
+        late = out["results"][20]
+        assert late["__type"] == "ThrottlingException" and late["line"] == 21
+        assert "10 of 30 lines are over the rate limit of 5 events/s per token" in (
+            late["message"])
+        assert int(r.headers["retry-after"]) >= 2
+        again = client.post(BATCH, content=ndjson(lines[20:]), headers=NDJSON)
+        assert again.status_code == 429
+        assert again.json()["__type"] == "ThrottlingException"
+        assert int(again.headers["retry-after"]) >= 1
+        single = client.post("/SendTelemetryEvent", json=request_body("featureDevEvent", rng))
+        assert single.status_code == 429  # single events take from the same bucket
+        assert other.post(BATCH, content=ndjson(lines[:3]), headers=NDJSON).json()[
+            "accepted"] == 3  # another token is not affected
+    rows = landing.read_events(metered.config.landing_db, "WHERE user_id = 'bulk'")
+    assert len(rows) == 20
+
+
+def test_each_batch_line_keeps_the_single_event_limit(metered: Server) -> None:
+    rng = random.Random(12)
+    big = request_body("chatAddMessageEvent", rng)
+    big["padding"] = "x" * 3000
+    with metered.client("lines") as client:
+        r = client.post(BATCH, content=ndjson([request_body("featureDevEvent", rng), big]),
+                        headers=NDJSON)
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [200, 400]
+    assert results[1]["reason"] == "CONTENT_LENGTH_EXCEEDS_THRESHOLD"
+    assert results[1]["message"].startswith("line 2 is ")
+    assert "at most 2000 bytes" in results[1]["message"]

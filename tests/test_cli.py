@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import sqlite3
+import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +17,7 @@ import orjson
 from conftest import ACCOUNT, TARGET, Server, cli
 from kiro_activity import store
 from kiro_activity.config import Config
+from kiro_activity.demo import free_port
 from kiro_activity.simulate import request_body
 
 HEADERS = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": TARGET}
@@ -115,3 +121,40 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
     p = store.lookup_token(conn, token.group(1), now=time.time())
     conn.close()
     assert p is not None and p.kind == "admin" and len(p.scopes) == 2
+
+
+def test_bad_user_ids_and_damaged_databases_give_one_line_errors(tmp_path: Path) -> None:
+    """#13: C1 controls and undecodable bytes in user ids, and a damaged database, gave
+    tracebacks (or were let in) instead of one line naming the value or the file."""
+    assert cli(tmp_path, "accounts", "add", ACCOUNT, "--region", "us-east-1").returncode == 0
+    for bad in ("\x85alice", "bob\x9f", "\udcff\udcfe"):
+        r = subprocess.run([sys.executable, "-m", "kiro_activity", "--data-dir", str(tmp_path),
+                            "tokens", "issue", "--account", ACCOUNT, "--user", bad],
+                           capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+                           timeout=60)
+        assert r.returncode == 1, bad
+        err = r.stderr.decode("utf-8", "replace")
+        assert "Traceback" not in err and "without control characters" in err
+    assert stat.S_IMODE(os.stat(tmp_path).st_mode) == 0o700
+    for f in tmp_path.iterdir():
+        if f.is_file():
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    control = tmp_path / "control.db"
+    control.write_bytes(b"this is not a database" * 100)
+    for args in (("tokens", "list", "--account", ACCOUNT),
+                 ("serve", "--port", str(free_port()))):
+        r = cli(tmp_path, *args)
+        assert r.returncode == 1, args
+        assert "Traceback" not in r.stderr
+        assert f"error: {control}: file is not a database" in r.stderr
+    control.unlink()
+    landing_db = tmp_path / "landing.db"
+    conn = sqlite3.connect(landing_db)
+    conn.executescript("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+    conn.close()
+    data = bytearray(landing_db.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # the first page's b-tree header: damaged
+    landing_db.write_bytes(bytes(data))
+    r = cli(tmp_path, "serve", "--port", str(free_port()))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"error: {landing_db}: " in r.stderr

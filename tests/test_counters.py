@@ -14,11 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import ACCOUNT, make_server
 from kiro_activity import events, usage
 from kiro_activity.aggregate import counted_day, rebuild_day, seal_day
 from kiro_activity.breakdown import NOT_RECORDED, dim_of
+from kiro_activity.counters import GroupCounts, N, write
 from kiro_activity.landing import LandingLog, LandingRecord, connect
-from kiro_activity.metrics import LAYOUTS, METRICS, deltas
+from kiro_activity.metrics import AMOUNT_MAX, INDEX, LAYOUTS, METRICS, SUM_MAX, deltas
 from kiro_activity.report import build_drop
 from kiro_activity.simulate import WEIGHTS, request_body
 
@@ -118,3 +120,97 @@ def test_counters_equal_the_rebuild(tmp_path_factory: pytest.TempPathFactory, se
     conn.close()
     assert watermark == last
     assert_equal(db, seal=True)
+
+
+# --- amounts bounded, sums saturated (#13) ------------------------------------------------------
+BIG = 2**63 - 1
+FIX_LINES = INDEX["CodeFix_GeneratedLines"]
+
+
+def fix_body(lines: int, token: str) -> dict[str, object]:
+    return {"telemetryEvent": {"codeFixGenerationEvent": {"jobId": "j", "linesOfCodeGenerated":
+                                                          lines}}, "clientToken": token}
+
+
+def test_a_huge_amount_is_refused_naming_the_bound(tmp_path: Path) -> None:
+    """Two batch lines of 2**63-1 used to overflow the writer's sum: the counters stopped for
+    every user and the service could not start again."""
+    server = make_server(tmp_path)
+    try:
+        lines = [fix_body(BIG, "a"), fix_body(BIG, "b"), fix_body(AMOUNT_MAX, "c"),
+                 fix_body(AMOUNT_MAX, "d")]
+        with server.client("huge") as client:
+            r = client.post("/v1/batch/SendTelemetryEvent", content=b"\n".join(
+                orjson.dumps(x) for x in lines), headers={"Content-Type": "application/x-ndjson"})
+            single = client.post("/SendTelemetryEvent", json=fix_body(BIG, "e"))
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [x["status"] for x in results] == [400, 400, 200, 200]
+        assert "linesOfCodeGenerated: must be an integer from 0 to 2147483647" in (
+            results[0]["message"])
+        assert single.status_code == 400 and "2147483647" in single.json()["message"]
+        server.stop()
+        server.start()  # the counters were written: the service starts again
+        with server.client("other") as client:
+            assert client.post("/SendTelemetryEvent", json=fix_body(5, "f")).status_code == 200
+    finally:
+        server.stop()
+    today = datetime.now(UTC).date()
+    fast = counted_day(server.config.landing_db, ACCOUNT, today)
+    full = rebuild_day(server.config.landing_db, ACCOUNT, today)
+    assert (fast.rows, fast.events) == (full.rows, full.events)
+    assert dict(fast.rows)["huge"][FIX_LINES] == 2 * AMOUNT_MAX
+
+
+def test_sums_saturate_instead_of_overflowing(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "landing.db")
+    counts = GroupCounts()
+    for _ in range(3):
+        counts.add(("a", 1, "u"), [(FIX_LINES, BIG)], None)
+    for _ in range(2):  # once inserted, once added to the stored cell by the upsert
+        write(conn, counts, 1)
+    cell = conn.execute(f"SELECT c{FIX_LINES}, typeof(c{FIX_LINES}) FROM user_day").fetchone()
+    assert cell == (SUM_MAX, "integer")
+    conn.close()
+
+
+def legacy_record(user: str, lines: int, token: str) -> LandingRecord:
+    """An event as the validator before #13 let it in: amounts up to 2**63-1."""
+    raw = orjson.dumps(fix_body(lines, token))
+    return LandingRecord(ACCOUNTS[0], user, "codeFixGenerationEvent", token, None, None, None,
+                         "test", raw)
+
+
+def test_events_stored_with_huge_amounts_count_as_the_rebuild_counts_them(
+        tmp_path: Path) -> None:
+    """A database written before #13: huge amounts in the raw events, REAL (overflowed) and
+    unclamped cells, some events past the watermark. Starting must not crash, and the counters
+    must agree with the rebuild (both clamp each amount to AMOUNT_MAX)."""
+    db = tmp_path / "landing.db"
+    noon = datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()
+    log = LandingLog(db, clock=lambda: noon)
+    log.append_sync([legacy_record("alice", 5, "a1"), legacy_record("bob", 7, "b1")])
+    log.close()
+    conn = connect(db)
+    conn.executemany("INSERT INTO events (received_us, account_id, user_id, member, client_token,"
+                     " protocol, body) VALUES (?, ?, ?, 'codeFixGenerationEvent', ?, 'test', ?)",
+                     [(int(noon * 1e6), ACCOUNTS[0], "alice", t, orjson.dumps(fix_body(BIG, t)))
+                      for t in ("a2", "a3")])
+    watermark = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+    conn.execute(f"UPDATE user_day SET c{FIX_LINES} = ?, c{N - 1} = 3 WHERE user_id = 'alice'",
+                 (2.0 * BIG,))  # what the old upsert left: an overflowed, REAL cell
+    conn.execute("UPDATE counters_meta SET watermark = ?", (watermark - 1,))
+    conn.execute("DELETE FROM counters_bounded")
+    conn.close()
+    LandingLog(db).close()  # recovery: the legacy cells recounted, the tail counted
+    for day in DAYS:
+        fast, full = counted_day(db, ACCOUNTS[0], day), rebuild_day(db, ACCOUNTS[0], day)
+        assert (fast.rows, fast.events) == (full.rows, full.events)
+    assert sorted(dict(fast.rows)) == ["alice", "bob"]
+    assert dict(fast.rows)["alice"][FIX_LINES] == 5 + 2 * AMOUNT_MAX
+    assert dict(fast.rows)["bob"][FIX_LINES] == 7
+    assert_equal(db, seal=True)
+    conn = connect(db)
+    assert conn.execute(f"SELECT typeof(c{FIX_LINES}) FROM user_day").fetchall() == [
+        ("integer",), ("integer",)]
+    conn.close()

@@ -92,7 +92,7 @@ GOOD: dict[str, Any] = {
 }
 BAD: dict[str, list[Any]] = {
     "str": [1, 1.5, True, {}, ["a"]],
-    "count": ["3", 3.5, True, -1, math.inf, math.nan, 2**63, {}, [3]],
+    "count": ["3", 3.5, True, -1, math.inf, math.nan, 2**31, 2**63, {}, [3]],
     "int_min_neg1": [-2, "1", 0.5, False, -math.inf],
     "number": ["1.5", True, math.inf, -math.inf, math.nan, {}, [1.0]],
     "bool": ["true", 1, 0, {}, []],
@@ -290,7 +290,8 @@ def test_integer_rules() -> None:
     assert validate_request(with_count(0)).event["acceptedCharacterCount"] == 0
     for bad, shown in [(3.5, "3.5"), ("3", '"3"'), (True, "true"), (-1, "-1"), (math.inf, "inf")]:
         message = problems_of(with_count(bad))
-        expected = f"{path(member, 'acceptedCharacterCount')}: must be an integer >= 0, got {shown}"
+        expected = (f"{path(member, 'acceptedCharacterCount')}: must be an integer from 0 to"
+                    f" 2147483647, got {shown}")
         assert expected in message
     raw = orjson.dumps(with_count(12345)).replace(b"12345", b"1e400")
     assert b'"acceptedCharacterCount":1e400' in raw
@@ -302,7 +303,8 @@ def test_integer_rules() -> None:
 
     assert validate_request(with_streak(-1)).event["streakLength"] == -1
     assert validate_request(with_streak(-1.0)).event["streakLength"] == -1.0
-    assert "streakLength: must be an integer >= -1, got -2" in problems_of(with_streak(-2))
+    assert "streakLength: must be an integer from -1 to 2147483647, got -2" in problems_of(
+        with_streak(-2))
 
 
 def test_numbers_accept_ints_and_floats_only_finite() -> None:
@@ -472,7 +474,7 @@ def test_every_problem_is_listed_in_one_message() -> None:
     for expected in [
         "telemetryEvent.userTriggerDecisionEvent.sessionId: required field is missing",
         "telemetryEvent.userTriggerDecisionEvent.acceptedCharacterCount: "
-        "must be an integer >= 0, got 3.5",
+        "must be an integer from 0 to 2147483647, got 3.5",
         "telemetryEvent.userTriggerDecisionEvent.programmingLanguage.languageName: "
         "required field is missing",
         "clientToken: must be a string of 1..256 characters",
@@ -619,8 +621,8 @@ wire_values = st.recursive(  # what orjson can write: 64-bit integers, finite fl
 )
 KIND_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "str": st.text(max_size=40),
-    "count": st.integers(0, 2**63 - 1) | st.integers(0, 2**40).map(float),
-    "int_min_neg1": st.integers(-1, 2**63 - 1),
+    "count": st.integers(0, 2**31 - 1) | st.integers(0, 2**31 - 1).map(float),
+    "int_min_neg1": st.integers(-1, 2**31 - 1),
     "number": finite | st.integers(-(2**62), 2**62),
     "bool": st.booleans(),
     "lang": st.fixed_dictionaries({"languageName": st.text(max_size=20)}),

@@ -3,6 +3,7 @@ keep-alive, pipelining, connection close, HTTP/1.0, and what it leaves to ASGI."
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import uuid
 from collections.abc import Iterator
@@ -116,3 +117,86 @@ def test_errors_on_the_fast_path(server: Server) -> None:
     assert b"x-amzn-errortype: ValidationException" in answer
     assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["__type"] == "ValidationException"
     assert fast_count(server) == start + 1
+
+
+# --- slow clients (#13) -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = make_server(tmp_path_factory.mktemp("slow"), "--no-schedule", "--header-timeout", "1",
+                    "--body-timeout", "1.5", "--keep-alive-timeout", "1",
+                    "--max-connections", "20")
+    yield s
+    s.stop()
+
+
+def closed_within(sock: socket.socket, seconds: float) -> tuple[bytes, float]:
+    """What the server wrote before closing ``sock``, and after how long."""
+    import time
+    start, data = time.monotonic(), b""
+    sock.settimeout(seconds)
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data, time.monotonic() - start
+
+
+def test_slow_and_idle_connections_are_closed(guarded: Server) -> None:
+    """~21,000 idle or trickling connections used to exhaust the descriptors: each must now
+    complete its headers within 1 s and its body within 1.5 s more, or be closed."""
+    import time
+    token = guarded.token("slowpoke")
+    full = request(guarded, token)
+    head, _, body = full.partition(b"\r\n\r\n")
+    silent = socket.create_connection(("127.0.0.1", guarded.port))
+    trickle = socket.create_connection(("127.0.0.1", guarded.port))
+    slow_body = socket.create_connection(("127.0.0.1", guarded.port))
+    idle = socket.create_connection(("127.0.0.1", guarded.port))
+    with silent, trickle, slow_body, idle:
+        idle.sendall(request(guarded, token, path="/"))
+        assert read_responses(idle, 1)[0].startswith(b"HTTP/1.1 200")
+        slow_body.sendall(head + b"\r\n\r\n" + body[:5])
+        for byte in head[:8]:  # one byte every 0.1 s: the deadline does not move
+            trickle.sendall(bytes([byte]))
+            time.sleep(0.1)
+        cut = socket.create_connection(("127.0.0.1", guarded.port))
+        start = time.monotonic()
+        with cut, contextlib.suppress(OSError):  # trickling on until the server cuts it
+            for byte in head:
+                cut.sendall(bytes([byte]))
+                time.sleep(0.2)
+                cut.settimeout(0.01)
+                with contextlib.suppress(TimeoutError):
+                    if cut.recv(65536) == b"":
+                        break
+        assert time.monotonic() - start < 2.5
+        for sock, limit in ((silent, 1), (trickle, 1), (slow_body, 2.5), (idle, 1)):
+            data, _ = closed_within(sock, limit + 5)
+            if sock is idle:
+                assert data == b""  # closed quietly after the keep-alive timeout
+            elif sock is slow_body:
+                assert data == b""  # the request was cut short: nothing stored or answered
+            else:
+                assert data.startswith(b"HTTP/1.1 408 ")
+                assert b"RequestTimeoutException" in data and b"did not arrive within 1 s" in data
+    rows = landing.read_events(guarded.config.landing_db, "WHERE user_id = 'slowpoke'")
+    assert len(rows) == 1
+
+
+def test_connections_beyond_the_cap_are_refused(guarded: Server) -> None:
+    token = guarded.token("many")
+    held = [socket.create_connection(("127.0.0.1", guarded.port)) for _ in range(20)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", guarded.port))
+        with extra:
+            data, _ = closed_within(extra, 5)
+        assert data.startswith(b"HTTP/1.1 503 ")
+        assert b"ServiceUnavailableException" in data and b"(20)" in data
+    finally:
+        for sock in held:
+            sock.close()
+    import time
+    time.sleep(0.3)  # the server sees the closes
+    with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
+        sock.sendall(request(guarded, token))
+        assert read_responses(sock, 1)[0].startswith(b"HTTP/1.1 200")

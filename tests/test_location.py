@@ -8,6 +8,7 @@ account ACCOUNT (or OTHER) with moto's ``x-moto-account-id`` header; the admin's
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -606,3 +607,23 @@ def test_region_from_location_and_policy_read_denied(stubbed: tuple[Any, Stubber
     assert only(report.warnings, "policy") == (
         "bucket policy not verified: reading the policy of bucket b-eu is denied to these "
         "credentials (it needs s3:GetBucketPolicy); pass --policy-file to check a copy")
+
+
+def test_a_policy_over_20_kib_is_refused_and_a_star_pattern_is_quick(
+        make_bucket: MakeBucket, blind: Any) -> None:
+    """#13: a pasted policy with "arn:aws:s3:::******Z" took 34 s of regex backtracking."""
+    bucket = make_bucket()
+    stars = {"Effect": "Allow", "Principal": "*", "Action": "s3:PutObject",
+             "Resource": "arn:aws:s3:::" + "*" * 40 + "Z"}
+    policy = with_statements(documented(bucket), *[stars] * 100)
+    start = time.perf_counter()
+    report = check(bucket, blind, policy=json.dumps(policy, indent=4))  # whitespace not counted
+    assert time.perf_counter() - start < 2  # mostly moto's HeadBucket
+    assert report.valid
+    big = with_statements(documented(bucket), *[stars] * 300)
+    size = len(json.dumps(big, separators=(",", ":")))
+    for copy_ in (big, json.dumps(big), json.dumps(big).encode()):
+        assert only(check(bucket, blind, policy=copy_).problems, "policy") == (
+            f"the policy is {size:,} bytes without whitespace; S3 bucket policies are at most "
+            "20,480 bytes (20 KiB), so it cannot be the bucket's: shorten it (fewer or merged "
+            "statements)")

@@ -27,7 +27,7 @@ from starlette.routing import Route, Router
 
 from . import audit, daily, dashboard, location, store
 from . import settings as settings_mod
-from .auth import Authenticator
+from .auth import Authenticator, FailureLimiter
 from .config import Config
 from .deliver import Backoff
 from .errors import (
@@ -41,6 +41,7 @@ from .errors import (
     NotFoundError,
     SettingsConflict,
     SettingsRejected,
+    TooManyFailuresError,
     UnauthorizedError,
 )
 from .store import Principal
@@ -216,6 +217,8 @@ def error_response(exc: AdminError) -> Response:
     response = json_response(exc.status, exc.body())
     if exc.status == 401:
         response.headers["www-authenticate"] = 'Bearer realm="kiro-activity admin"'
+    elif exc.status == 429:
+        response.headers["retry-after"] = "60"
     return response
 
 
@@ -255,8 +258,10 @@ def _policy(body: dict[str, Any]) -> Any:
 class AdminApi:
     """The ``/admin/v1/`` routes: bearer admin token, JSON in and out."""
 
-    def __init__(self, admin: Admin, auth: Authenticator) -> None:
+    def __init__(self, admin: Admin, auth: Authenticator,
+                 failures: FailureLimiter | None = None) -> None:
         self.admin, self.auth = admin, auth
+        self.failures = failures or FailureLimiter(0, 60)
         a = "/admin/v1/accounts/{account_id}"
         route = self._route
         self.router = Router(routes=[
@@ -277,7 +282,19 @@ class AdminApi:
         await self.router(scope, receive, send)
 
     def principal(self, request: Request) -> Principal:
-        """The admin calling, or Unauthorized/Forbidden (before anything else is looked at)."""
+        """The admin calling, or Unauthorized/Forbidden (before anything else is looked at);
+        a source that failed too often is refused first, and each Unauthorized counts."""
+        source = request.client.host if request.client else ""
+        refused = self.failures.blocked(source)
+        if refused is not None:
+            raise TooManyFailuresError(refused)
+        try:
+            return self._principal(request)
+        except UnauthorizedError:
+            self.failures.failed(source)
+            raise
+
+    def _principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization")
         if not header:
             raise UnauthorizedError("missing Authorization header; send 'Authorization: Bearer "

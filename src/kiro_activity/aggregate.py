@@ -21,7 +21,7 @@ import duckdb
 import pyarrow as pa
 
 from . import counters, events, landing
-from .metrics import METRICS, Rule, column_order, numeric_fields, text_fields
+from .metrics import AMOUNT_MAX, METRICS, SUM_MAX, Rule, column_order, numeric_fields, text_fields
 
 DAY_US = 86_400_000_000
 NUMBER_TYPES = "('UBIGINT', 'BIGINT', 'DOUBLE')"
@@ -105,18 +105,22 @@ def _expression(rule: Rule) -> str:
     cond = _condition(rule)
     if rule.agg == "count":
         return f"count(*) FILTER (WHERE {cond})"
-    if rule.agg == "sum":
-        return f"coalesce(sum(n_{rule.field}) FILTER (WHERE {cond}), 0)"
+    if rule.agg == "sum":  # clamped like the counters (a sealed day may hold unclamped amounts)
+        n = f"n_{rule.field}"  # (DuckDB's least() would turn a NULL into the bound)
+        return (f"least(coalesce(sum(CASE WHEN {n} > {AMOUNT_MAX} THEN {AMOUNT_MAX} ELSE {n} END)"
+                f" FILTER (WHERE {cond}), 0), {SUM_MAX})")
     key = ", ".join(f"'{f}': s_{f}" for f in rule.distinct_on)
     return f"count(DISTINCT {{{key}}}) FILTER (WHERE {cond})"
 
 
 def fields_sql(source: str, *, keep_raw: bool = False) -> str:
     """Each event of ``source`` (user_id, member, ide_category, body) with the fields the rules
-    read, typed: ``n_<field>`` numbers (only JSON numbers count) and ``s_<field>`` strings."""
-    project = [f"CASE WHEN json_type(ev, '$.\"{f}\"') IN {NUMBER_TYPES} THEN "
-               f"TRY_CAST(json_extract_string(ev, '$.\"{f}\"') AS BIGINT) END AS n_{f}"
-               for f in numeric_fields()]
+    read, typed: ``n_<field>`` numbers (only JSON numbers count, each at most ``AMOUNT_MAX``,
+    as :func:`.metrics.deltas` clamps them) and ``s_<field>`` strings."""
+    project = [f"CASE WHEN json_type(ev, '$.\"{f}\"') NOT IN {NUMBER_TYPES} THEN NULL"
+               f" WHEN TRY_CAST(json_extract_string(ev, '$.\"{f}\"') AS DOUBLE) > {AMOUNT_MAX}"
+               f" THEN {AMOUNT_MAX} ELSE TRY_CAST(json_extract_string(ev, '$.\"{f}\"') AS BIGINT)"
+               f" END AS n_{f}" for f in numeric_fields()]
     project += [f"CASE WHEN json_type(ev, '$.\"{f}\"') = 'VARCHAR' THEN "
                 f"json_extract_string(ev, '$.\"{f}\"') END AS s_{f}" for f in text_fields()]
     raw = "body, " if keep_raw else ""

@@ -99,15 +99,38 @@ class Authenticator:
 
 
 class RateLimiter:
-    """A token bucket per bearer token: ``rate`` requests/s sustained, ``burst`` at once."""
+    """A token bucket per bearer token: ``rate`` units/s sustained, ``burst`` at once (the units
+    are requests, or events: ``what``)."""
 
     def __init__(
-        self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic
+        self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic,
+        what: str = "requests",
     ) -> None:
         self.rate = rate
         self.burst = max(burst, 1.0)
+        self.what = what
         self._clock = clock
         self._buckets: dict[int, tuple[float, float]] = {}
+
+    def take(self, key: int, wanted: int) -> tuple[int, float]:
+        """Take up to ``wanted`` whole units from the key's bucket: how many were granted, and
+        when (seconds) the rest could be; ThrottlingError when not even one is available."""
+        if self.rate <= 0:
+            return wanted, 0.0
+        now = self._clock()
+        level, last = self._buckets.get(key, (self.burst, now))
+        level = min(self.burst, level + (now - last) * self.rate)
+        granted = min(wanted, int(level))
+        self._buckets[key] = (level - granted, now)
+        if granted == 0 < wanted:
+            wait = (1 - level) / self.rate
+            raise ThrottlingError(self._message(wait), retry_after=wait)
+        rest = min(wanted - granted, self.burst)
+        return granted, max(0.0, (rest - (level - granted)) / self.rate)
+
+    def _message(self, wait: float) -> str:
+        return (f"rate limit of {self.rate:g} {self.what}/s per token (burst {self.burst:g})"
+                f" exceeded; retry in {wait:.2f} s")
 
     def check(self, key: int, cost: float = 1.0) -> None:
         """Take ``cost`` from the key's bucket or raise ThrottlingError with a Retry-After."""
@@ -124,3 +147,43 @@ class RateLimiter:
                 retry_after=wait,
             )
         self._buckets[key] = (level - cost, now)
+
+
+class FailureLimiter:
+    """Failed authentications per source address (a bad or missing bearer token, a refused
+    login): ``limit`` of them within ``window`` seconds, then every request of that source is
+    refused until the allowance refills (a token bucket of failures), so that tokens cannot be
+    guessed at speed; other sources are not affected. ``limit`` 0 turns it off."""
+
+    def __init__(self, limit: int, window: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window = limit, window
+        self._rate = limit / window if limit > 0 and window > 0 else 0.0
+        self._clock = clock
+        self._sources: dict[str, tuple[float, float]] = {}
+
+    def _level(self, source: str, now: float) -> float:
+        level, last = self._sources.get(source, (float(self.limit), now))
+        return min(float(self.limit), level + (now - last) * self._rate)
+
+    def blocked(self, source: str) -> str | None:
+        """Why ``source`` is refused now (with when to retry), or None."""
+        if not self._rate or source not in self._sources:
+            return None
+        level = self._level(source, self._clock())
+        if level >= 1:
+            return None
+        return (f"too many failed authentications from {source} ({self.limit} within "
+                f"{self.window:g} s); retry in {self.retry_after(source):.0f} s")
+
+    def retry_after(self, source: str) -> float:
+        return max(1.0, (1 - self._level(source, self._clock())) / self._rate)
+
+    def failed(self, source: str) -> None:
+        """Count one failure of ``source``."""
+        if not self._rate:
+            return
+        if len(self._sources) > 100_000:
+            self._sources.clear()  # bounded memory; a flood of sources only resets the count
+        now = self._clock()
+        self._sources[source] = (self._level(source, now) - 1, now)

@@ -6,6 +6,7 @@ for user errors. Every command works on the data folder while the service runs o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sqlite3
@@ -62,16 +63,30 @@ def _control(ctx: click.Context) -> sqlite3.Connection:
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to bind.")
 @click.option("--rate", type=float, help="Requests/s per token (0: no limit). [default: 100]")
 @click.option("--burst", type=float, help="Burst allowance per token. [default: 1000]")
+@click.option("--events-rate", type=float,
+              help="Events/s per token, a bulk line each (0: no limit). [default: 1000]")
+@click.option("--events-burst", type=float, help="Event burst per token. [default: 100000]")
 @click.option("--max-body-bytes", type=int, help="Largest request body. [default: 1 MiB]")
+@click.option("--header-timeout", type=float,
+              help="Seconds to send a request's headers (0: none). [default: 10]")
+@click.option("--body-timeout", type=float,
+              help="Seconds to send a request's body after its headers (0: none). [default: 60]")
+@click.option("--keep-alive-timeout", type=float,
+              help="Seconds an idle keep-alive connection is kept. [default: 5]")
+@click.option("--max-connections", type=int,
+              help="Most open connections; more are answered 503. [default: 4096]")
 @click.option("--access-log/--no-access-log", default=False, show_default=True)
 @click.option("--schedule/--no-schedule", default=True, show_default=True,
               help="Produce and deliver reports at 00:00 UTC.")
 @click.option("--fake-clock-start", hidden=True,
               help="Testing aid: run the service's clock from this ISO time.")
 @click.pass_context
+@_errors
 def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: float | None,
-          max_body_bytes: int | None, access_log: bool, schedule: bool,
-          fake_clock_start: str | None) -> None:
+          events_rate: float | None, events_burst: float | None,
+          max_body_bytes: int | None, header_timeout: float | None, body_timeout: float | None,
+          keep_alive_timeout: float | None, max_connections: int | None, access_log: bool,
+          schedule: bool, fake_clock_start: str | None) -> None:
     """Serve SendTelemetryEvent (awsJson 1.0 and restJson1) and the bulk-import endpoint,
     and deliver each enabled account's report at 00:00 UTC."""
     import uvicorn
@@ -82,9 +97,16 @@ def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: f
     config = Config.from_environ(
         data_dir=ctx.obj.data_dir, host=host, port=port, rate_per_token=rate,
         burst_per_token=burst, max_body_bytes=max_body_bytes, schedule=schedule,
+        events_per_token=events_rate, events_burst_per_token=events_burst,
+        header_timeout=header_timeout, body_timeout=body_timeout,
+        keep_alive_timeout=keep_alive_timeout, max_connections=max_connections,
     )
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config = _within_descriptors(config)
+    store.private_dir(config.data_dir)
+    for db in (config.control_db, config.landing_db):
+        store.check_database(db)
     store.connect(config.control_db).close()
+    landing.connect(config.landing_db).close()
     click.echo(f"kiro-activity serving on http://{host}:{port} (data in {config.data_dir})",
                err=True)
     clock = time.time
@@ -94,9 +116,30 @@ def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: f
         def clock() -> float:
             return start + (time.monotonic() - t0)
     app = create_app(config, clock=clock)
-    uvicorn.run(app, host=host, port=port, loop="uvloop",
-                http=protocol_for(app) if config.fast_path else "httptools",
-                lifespan="on", access_log=access_log, log_level="warning")
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http=protocol_for(app),
+                lifespan="on", access_log=access_log, log_level="warning",
+                timeout_keep_alive=max(1, round(config.keep_alive_timeout)),
+                limit_concurrency=config.max_connections + 1)
+
+
+def _within_descriptors(config: Config) -> Config:
+    """``config`` with at most as many connections as the process has file descriptors for
+    (raising its soft limit towards the hard one first), keeping 256 for the databases."""
+    import resource
+    from dataclasses import replace
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = config.max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        if soft < want:
+            click.echo(f"warning: {soft} file descriptors: at most {soft - 256} connections "
+                       f"instead of {config.max_connections}", err=True)
+            return replace(config, max_connections=max(1, soft - 256))
+    return config
 
 
 @main.group()

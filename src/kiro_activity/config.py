@@ -30,6 +30,21 @@ class Config:
     #: per-token sustained rate (requests/s) and burst (bucket size)
     rate_per_token: float = 100.0
     burst_per_token: float = 1000.0
+    #: per-token sustained rate and burst of events: a bulk call of N lines costs N (the burst
+    #: covers one bulk call of the most lines)
+    events_per_token: float = 1000.0
+    events_burst_per_token: float = 100_000.0
+    #: slow clients: seconds to send a request's headers (from its first byte, or from the
+    #: connection's start), then its body; seconds an idle keep-alive connection is kept; most
+    #: open connections (more are answered 503 and closed)
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keep_alive_timeout: float = 5.0
+    max_connections: int = 4096
+    #: failed authentications (bad bearer tokens, refused logins) allowed per source address
+    #: within the window; then its requests are answered 429 (0: no limit)
+    auth_failures_per_source: int = 100
+    auth_failure_window: float = 60.0
     #: how long raw events (and so clientToken dedupe) are kept
     retention_days: int = 30
     #: most requests the writer commits in one transaction

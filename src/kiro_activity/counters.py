@@ -7,6 +7,11 @@ to :class:`Counters` and writes them out every few tens of milliseconds in one t
 also advances a **watermark**: the highest event ``seq`` whose amounts are in the tables. So the
 ack path stays one statement, and a crash loses nothing: whatever lies past the watermark is
 recomputed from the raw events, on open (:func:`recover`) and by readers (:func:`read_day`).
+
+Every cell saturates at :data:`~.metrics.SUM_MAX` instead of overflowing SQLite's INTEGER (an
+overflowed sum would turn REAL, or fail every later write of the counters): the validator bounds
+each amount (:data:`~.metrics.AMOUNT_MAX`), and cells written before that bound are recounted
+once from the raw events, clamped like the DuckDB rebuild clamps them (:func:`recover`).
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ import operator
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from . import breakdown, events
+import orjson
+
+from . import breakdown
 from .breakdown import Dim
-from .errors import ValidationError
-from .metrics import DISTINCT, EXTRA, METRICS, deltas
+from .metrics import AMOUNT_MAX, DISTINCT, EXTRA, METRICS, SUM_MAX, deltas
 
 N = len(METRICS) + 1  # the metrics, then the number of events
 COLS = [f"c{i}" for i in range(N)]
@@ -59,14 +65,17 @@ CREATE TABLE IF NOT EXISTS counters_meta (
     watermark INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO counters_meta VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS counters_bounded (id INTEGER PRIMARY KEY CHECK (id = 1));
 """
 UPSERT = (f"INSERT INTO user_day (account_id, day, user_id, {', '.join(COLS)}) VALUES "
           f"({', '.join('?' * (N + 3))}) ON CONFLICT (account_id, day, user_id) DO UPDATE SET "
-          + ", ".join(f"{c} = {c} + excluded.{c}" for c in COLS))
+          + ", ".join(f"{c} = CASE WHEN {c} > {SUM_MAX} - excluded.{c} THEN {SUM_MAX}"
+                      f" ELSE {c} + excluded.{c} END" for c in COLS))
 UPSERT_DIM = (f"INSERT INTO user_day_dim (account_id, day, user_id, ide, language, "
               f"{', '.join(DCOLS)}) VALUES ({', '.join('?' * (NX + 5))}) ON CONFLICT "
               "(account_id, day, user_id, ide, language) DO UPDATE SET "
-              + ", ".join(f"{c} = {c} + excluded.{c}" for c in DCOLS))
+              + ", ".join(f"{c} = CASE WHEN {c} > {SUM_MAX} - excluded.{c} THEN {SUM_MAX}"
+                          f" ELSE {c} + excluded.{c} END" for c in DCOLS))
 INTERACT = ("INSERT OR IGNORE INTO interactions (account_id, day, user_id, conversation_id,"
             " message_id, ide, language) VALUES (?, ?, ?, ?, ?, ?, ?)")
 Key = tuple[str, int, str]  # account, day, user
@@ -131,13 +140,20 @@ def _merge(mine: dict[K, list[int]], theirs: dict[K, list[int]]) -> None:
 def amounts_of(member: str, body: bytes, ide_category: str | None,
                ) -> tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None, Dim]:
     """The amounts of a stored event, from its raw body (recovery and readers), and the
-    dimensions it is counted under."""
+    dimensions it is counted under. Not validated again: an event stored under older limits
+    counts as the rebuild counts it (clamped)."""
     try:
-        request = events.parse_request(body)
-    except ValidationError:  # cannot happen for a stored event; count it as active only
+        event: Any = orjson.loads(body)["telemetryEvent"][member]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        event = None
+    if not isinstance(event, dict):  # cannot happen for a stored event; count it as active
         return (), None, (breakdown.ide_of(ide_category), breakdown.NONE)
-    return (*deltas(member, request.event, ide_category),
-            breakdown.dim_of(request.event, ide_category))
+    return (*deltas(member, event, ide_category), breakdown.dim_of(event, ide_category))
+
+
+def saturated(cell: list[int]) -> list[int]:
+    """``cell`` with every value at most :data:`~.metrics.SUM_MAX` (a SQLite INTEGER)."""
+    return [v if v <= SUM_MAX else SUM_MAX for v in cell]
 
 
 class Counters:
@@ -166,8 +182,9 @@ class Counters:
 
 
 def write(conn: sqlite3.Connection, counts: GroupCounts, watermark: int) -> None:
-    conn.executemany(UPSERT, [(*key, *cell) for key, cell in counts.cells.items()])
-    conn.executemany(UPSERT_DIM, [(*key, *cell) for key, cell in counts.dims.items()])
+    conn.executemany(UPSERT, [(*key, *saturated(cell)) for key, cell in counts.cells.items()])
+    conn.executemany(UPSERT_DIM, [(*key, *saturated(cell))
+                                  for key, cell in counts.dims.items()])
     conn.executemany(INTERACT, [(*pair, *dim) for pair, dim in counts.interactions.items()])
     conn.execute("UPDATE counters_meta SET watermark = max(watermark, ?) WHERE id = 1",
                  (watermark,))
@@ -187,11 +204,36 @@ def _tail(conn: sqlite3.Connection, where: str = "", args: tuple[object, ...] = 
     return counts, last
 
 
+def _recount_unbounded(conn: sqlite3.Connection) -> None:
+    """Once per database: recount from the raw events (amounts clamped) the cells that hold more
+    than an event may add, written before amounts were bounded: a sum that overflowed to REAL,
+    or one the rebuild, which clamps each amount, would not give."""
+    if conn.execute("SELECT 1 FROM counters_bounded").fetchone():
+        return
+    big = " OR ".join(f"{c} > {AMOUNT_MAX}" for c in COLS[:-1])
+    keys = conn.execute(f"SELECT account_id, day, user_id FROM user_day WHERE {big}").fetchall()
+    watermark = int(conn.execute("SELECT watermark FROM counters_meta").fetchone()[0])
+    for account, day, user in keys:
+        for table in ("user_day", "user_day_dim"):
+            conn.execute(f"DELETE FROM {table} WHERE account_id = ? AND day = ? AND user_id = ?",
+                         (account, day, user))
+        counts = GroupCounts()
+        for member, ide, body in conn.execute(
+                "SELECT member, ide_category, body FROM events WHERE seq <= ? AND account_id = ?"
+                " AND user_id = ? AND received_us >= ? AND received_us < ?",
+                (watermark, account, user, day * 86_400_000_000, (day + 1) * 86_400_000_000)):
+            amounts, _, dim = amounts_of(member, body, ide)
+            counts.add((account, day, user), amounts, None, dim)
+        write(conn, counts, watermark)
+    conn.execute("INSERT INTO counters_bounded VALUES (1)")
+
+
 def recover(conn: sqlite3.Connection) -> int:
     """Bring the counters up to the last committed event (after a crash); returns how many.
     The tail is read and written in one write transaction, so nothing counts it twice."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        _recount_unbounded(conn)
         counts, last = _tail(conn)
         n = sum(cell[-1] for cell in counts.cells.values())
         if n:
@@ -229,7 +271,7 @@ def read_day(conn: sqlite3.Connection, account_id: str, day: int,
         distinct[user] = distinct.get(user, 0) + 1
     rows = []
     for user in sorted(cells):
-        values = cells[user][:-1]
+        values = [int(v) for v in saturated(cells[user][:-1])]
         for index in DISTINCT:
             values[index] = distinct.get(user, 0)
         rows.append((user, values))

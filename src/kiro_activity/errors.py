@@ -8,6 +8,8 @@
     │   ├── UnknownOperationError       400  POST / without our X-Amz-Target operation
     │   ├── AccessDeniedError           403  no/unknown/revoked token, or another account/user
     │   ├── ThrottlingError             429  over the per-token rate limit
+    │   ├── RequestTimeoutError         408  a request not received in time (slow client)
+    │   ├── OverloadedError             503  too many open connections
     │   └── InternalServerError         500  our fault (503 when the store cannot commit)
     │       └── StoreUnavailableError   503  the landing log could not commit (disk full, I/O)
     ├── AdminError                      answered by the admin API as {"error": {type, message,
@@ -18,7 +20,9 @@
     │   ├── NotFoundError               404  no such admin endpoint
     │   ├── MethodNotAllowedError       405  the endpoint does not take this method
     │   ├── ConflictError               409  a day not closed yet, or a change saved meanwhile
+    │   ├── TooManyFailuresError        429  too many failed authentications from this source
     │   └── AdminServerError            500  our fault
+    ├── DamagedDatabaseError            a database file that SQLite cannot read (named)
     ├── UsageError                      a CLI/library caller asked for something impossible
     │   ├── SettingsRejected            settings that fail validation, with every problem
     │   └── SettingsConflict            another change was saved while these were checked
@@ -86,6 +90,20 @@ class ThrottlingError(ApiError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RequestTimeoutError(ApiError):
+    """408: the request's headers or body did not arrive in time; the connection is closed."""
+
+    status = 408
+    type_name = "RequestTimeoutException"
+
+
+class OverloadedError(ApiError):
+    """503: the server holds as many connections as it allows; try again shortly."""
+
+    status = 503
+    type_name = "ServiceUnavailableException"
 
 
 class InternalServerError(ApiError):
@@ -166,6 +184,18 @@ class ConflictError(AdminError):
 
     status = 409
     type_name = "Conflict"
+
+
+class TooManyFailuresError(AdminError):
+    """429: this source address failed to authenticate too often; it must wait."""
+
+    status = 429
+    type_name = "TooManyRequests"
+
+
+class DamagedDatabaseError(KiroActivityError):
+    """A database file of the data folder is damaged or is not a database; the message names
+    the file."""
 
 
 class UsageError(KiroActivityError):

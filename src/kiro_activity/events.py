@@ -23,6 +23,8 @@ from typing import Any, Final, Literal, TypeGuard, get_args
 import orjson
 
 from kiro_activity.errors import ValidationError
+from kiro_activity.jsonkeys import duplicate_key
+from kiro_activity.metrics import AMOUNT_MAX
 
 Kind = Literal[
     "str", "count", "int_min_neg1", "number", "bool", "lang",
@@ -73,7 +75,9 @@ class MemberSpec:
 #   be objects; their contents are values, not checked), max 1024 in both members.
 # - metricData ``dimensions`` items: ``name``/``value`` strings when present (both optional in
 #   the service model).
-# - integers are also capped at 2**63-1 (they must fit a signed 64-bit column).
+# - integer fields (counts, lengths, durations) are capped at 2**31-1 (``AMOUNT_MAX``): a day's
+#   sum of them must fit a signed 64-bit counter however many events the day holds (it would
+#   take 2**32 events of one user-day to reach 2**63); integers in numbers at 2**63-1.
 _TABLE: Final = """
 userTriggerDecisionEvent: sessionId* requestId* programmingLanguage*:lang completionType*
     suggestionState* recommendationLatencyMilliseconds*:number timestamp*:number customizationArn
@@ -233,8 +237,8 @@ def _is_int(v: object, lo: int) -> bool:
     if isinstance(v, bool):
         return False
     if isinstance(v, int):
-        return lo <= v <= _INT_MAX
-    return isinstance(v, float) and v.is_integer() and lo <= v <= _INT_MAX
+        return lo <= v <= AMOUNT_MAX
+    return isinstance(v, float) and v.is_integer() and lo <= v <= AMOUNT_MAX
 
 
 def _is_num(v: object) -> TypeGuard[int | float]:
@@ -298,7 +302,8 @@ def _check_value(f: FieldSpec, v: object) -> list[str]:
         return [] if isinstance(v, str) else [f": must be a string, got {_show(v)}"]
     if kind in _INT_MIN:
         lo = _INT_MIN[kind]
-        return [] if _is_int(v, lo) else [f": must be an integer >= {lo}, got {_show(v)}"]
+        return [] if _is_int(v, lo) else [
+            f": must be an integer from {lo} to {AMOUNT_MAX}, got {_show(v)}"]
     if kind == "number":
         return [] if _is_num(v) else [f": must be a finite number, got {_show(v)}"]
     if kind == "bool":
@@ -328,7 +333,7 @@ def _check_member(member: str, ev: dict[str, Any], problems: list[str]) -> None:
             if (t is float and v - v == 0.0) or (t is int and -_INT_MAX <= v <= _INT_MAX):
                 continue
         elif c == _COUNT:
-            if t is int and 0 <= v <= _INT_MAX:
+            if t is int and 0 <= v <= AMOUNT_MAX:
                 continue
         elif c == _LANG:
             if t is dict and type(v.get("languageName")) is str:
@@ -452,11 +457,21 @@ def validate_request(doc: object) -> TelemetryRequest:
 
 
 def parse_request(body: bytes) -> TelemetryRequest:
-    """Parse JSON ``body`` with orjson and validate it; malformed JSON is a ValidationError."""
+    """Parse JSON ``body`` with orjson and validate it; malformed JSON, or JSON with a key
+    repeated in an object (:mod:`.jsonkeys`), is a ValidationError."""
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
         raise ValidationError(f"request body is not valid JSON: {e}") from None
+    try:
+        repeated = duplicate_key(body, doc)
+    except RecursionError:
+        raise ValidationError("request body is nested too deeply") from None
+    if repeated is not None:
+        key, where = repeated
+        raise ValidationError(
+            f"request body has the key {_show(key)} twice in {where}: each key may appear once"
+            " in an object (JSON readers disagree on which value counts)")
     return validate_request(doc)
 
 
@@ -479,7 +494,7 @@ def _schema_name(member: str) -> str:
 
 def _field_schema(f: FieldSpec) -> dict[str, Any]:
     if f.kind in _INT_MIN:
-        return {"type": "integer", "minimum": _INT_MIN[f.kind], "maximum": _INT_MAX}
+        return {"type": "integer", "minimum": _INT_MIN[f.kind], "maximum": AMOUNT_MAX}
     if f.kind == "lang":
         return _ref("ProgrammingLanguage")
     scalar = {"str": "string", "number": "number", "bool": "boolean"}

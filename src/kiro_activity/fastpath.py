@@ -11,6 +11,12 @@ encoding, no ``Expect``; no other request of the connection in flight) is checke
 callback when the commit is durable: no scope, no task. Everything else (gzip bodies, chunked
 bodies, pipelined requests, the bulk endpoint, the admin pages ...) goes through ASGI unchanged,
 so both paths give the same answers; the tests run every case through both.
+
+Slow clients (#13): every connection must send a request's headers within ``header_timeout``
+seconds (counted from the connection's start, or from the request's first byte) and its body
+within ``body_timeout`` more, or it is answered 408 and closed; idle keep-alive connections are
+closed by uvicorn after ``keep_alive_timeout``. A connection beyond ``max_connections`` is
+answered 503 and closed at once, so idle sockets cannot exhaust the descriptors.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .errors import ApiError, InternalServerError
+from .errors import ApiError, InternalServerError, OverloadedError, RequestTimeoutError
 from .ingest import AWS_JSON, TARGET, WANTED_HEADERS, error_headers, request_id
 
 if TYPE_CHECKING:
@@ -65,11 +71,63 @@ class _FastCycle:
 
 
 class FastProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, serving single telemetry events without ASGI."""
+    """uvicorn's httptools protocol, serving single telemetry events without ASGI, with a
+    deadline on each request's receipt and a cap on open connections."""
 
     ingest: IngestApp  # set on the subclass made by :func:`protocol_for`
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        config = self.ingest.config
+        if len(self.connections) > config.max_connections:
+            exc = OverloadedError(f"the server holds its most connections "
+                                  f"({config.max_connections}); try again shortly")
+            self._refuse(exc, b"retry-after: 1\r\n")
+            return
+        self._arm(config.header_timeout, "headers")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:
+            self._arm(self.ingest.config.header_timeout, "headers")
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        if seconds > 0:
+            self._deadline = self.loop.call_later(seconds, self._too_slow, seconds, what)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self, seconds: float, what: str) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            if isinstance(self.cycle, _FastCycle):
+                self.cycle.disconnected = True
+            self.transport.close()  # an ASGI request sees a disconnect: nothing is stored
+            return
+        self._refuse(RequestTimeoutError(
+            f"the request's {what} did not arrive within {seconds:g} s; the connection is "
+            "closed"), b"")
+
+    def _refuse(self, exc: ApiError, extra: bytes) -> None:
+        body = orjson.dumps(exc.body())
+        self.transport.write(STATUS_LINE[exc.status] + b"content-type: application/json\r\n"
+                             + extra + b"connection: close\r\ncontent-length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
+        self._arm(self.ingest.config.body_timeout, "body")
         fast = self._fast_cycle()
         if fast is None:
             super().on_headers_complete()
@@ -78,11 +136,12 @@ class FastProtocol(HttpToolsProtocol):
 
     def _fast_cycle(self) -> _FastCycle | None:
         route = ROUTES.get(self.url)
-        if route is None or self.parser.get_method() != b"POST" or self.access_log:
+        if (route is None or self.parser.get_method() != b"POST" or self.access_log
+                or not self.ingest.config.fast_path):
             return None
         if self.cycle is not None and not self.cycle.response_complete:
             return None  # a request of this connection is in flight: queue like uvicorn does
-        headers: dict[str, str] = {}
+        headers = {"source": self.client[0] if self.client else ""}  # as ingest sets it
         for name, value in self.headers:
             if name in WANTED_HEADERS:
                 headers[name.decode("latin-1")] = value.decode("latin-1")
@@ -104,6 +163,7 @@ class FastProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._disarm()  # received in full: the rest is ours
         cycle = self.cycle
         if not isinstance(cycle, _FastCycle):
             super().on_message_complete()

@@ -21,7 +21,7 @@ import orjson
 
 from . import breakdown, events, openapi
 from .admin import Admin, AdminApi
-from .auth import Authenticator, RateLimiter
+from .auth import Authenticator, FailureLimiter, RateLimiter
 from .body import ClientDisconnected, read_body
 from .config import Config
 from .errors import (
@@ -72,12 +72,16 @@ class IngestApp:
             retention_days=config.retention_days,
         )
         self.auth = Authenticator(config.control_db, clock=clock)
+        self.failures = FailureLimiter(config.auth_failures_per_source,
+                                       config.auth_failure_window)
         self.limiter = RateLimiter(config.rate_per_token, config.burst_per_token)
+        self.event_limiter = RateLimiter(config.events_per_token, config.events_burst_per_token,
+                                         what="events")
         self._openapi = orjson.dumps(openapi.document(config))
         self.scheduler = Scheduler(config, clock) if config.schedule else None
         admin = Admin(config, clock)
-        self.admin_api = AdminApi(admin, self.auth)
-        self.pages = WebPages(admin)
+        self.admin_api = AdminApi(admin, self.auth, self.failures)
+        self.pages = WebPages(admin, self.failures)
         self._stop = asyncio.Event()
         #: single events answered by :mod:`.fastpath` (the rest went through ASGI)
         self.fast_requests = 0
@@ -96,6 +100,8 @@ class IngestApp:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
                    if k in WANTED_HEADERS}
+        client = scope.get("client")
+        headers["source"] = client[0] if client else ""  # not a header name: never sent
         try:
             await self._route(scope["method"], scope["path"], headers, receive, send)
         except ApiError as exc:
@@ -169,7 +175,7 @@ class IngestApp:
         return self._record(events.parse_request(body), body, principal, headers, protocol)
 
     async def _batch(self, headers: dict[str, str], receive: Receive, send: Send) -> None:
-        principal = self._admit(headers)
+        principal = self._admit(headers, events=0)
         _check_content_type(headers, "application/x-ndjson", "application/json")
         body = await read_body(receive, headers, self.config.max_batch_bytes)
         lines = [line for line in body.split(b"\n") if line.strip()]
@@ -178,26 +184,59 @@ class IngestApp:
                 f"{len(lines)} lines in one batch; at most {self.config.max_batch_lines} allowed",
                 reason="CONTENT_LENGTH_EXCEEDS_THRESHOLD",
             )
+        # every line costs one event of the token's bucket; lines past what it covers are
+        # answered 429 (none covered: the whole call is, with its Retry-After)
+        granted, wait = self.event_limiter.take(principal.token_id, len(lines))
         records: list[LandingRecord] = []
-        results: list[dict[str, Any]] = []
-        for number, line in enumerate(lines, 1):
-            try:
-                request = events.parse_request(line)
-                records.append(self._record(request, line, principal, headers, "batch"))
-                results.append({"line": number, "status": 200})
-            except ApiError as exc:
-                results.append({"line": number, "status": exc.status, **exc.body()})
+        results = [self._line(number, line, principal, headers, records)
+                   for number, line in enumerate(lines[:granted], 1)]
+        if granted < len(lines):
+            throttled = ThrottlingError(
+                f"{len(lines) - granted} of {len(lines)} lines are over the rate limit of "
+                f"{self.event_limiter.rate:g} events/s per token (burst "
+                f"{self.event_limiter.burst:g}); send them again in {wait:.2f} s",
+                retry_after=wait)
+            results += [{"line": number, "status": 429, **throttled.body()}
+                        for number in range(granted + 1, len(lines) + 1)]
         stored = await self.landing.append(records) if records else 0
         summary = {
             "lines": len(lines), "accepted": len(records), "stored": stored,
             "duplicates": len(records) - stored, "rejected": len(lines) - len(records),
-            "results": results,
+            "throttled": len(lines) - granted, "results": results,
         }
-        await _send(send, 200, orjson.dumps(summary))
+        extra = error_headers(throttled)[1:] if granted < len(lines) else None
+        await _send(send, 200, orjson.dumps(summary), extra)
 
-    def _admit(self, headers: dict[str, str]) -> Principal:
-        principal = self.auth.principal(headers.get("authorization"))
+    def _line(self, number: int, line: bytes, principal: Principal, headers: dict[str, str],
+              records: list[LandingRecord]) -> dict[str, Any]:
+        """One batch line checked like a single event (its 1 MiB limit too): its result."""
+        try:
+            if len(line) > self.config.max_body_bytes:
+                raise ValidationError(
+                    f"line {number} is {len(line)} bytes; a line holds one event, at most "
+                    f"{self.config.max_body_bytes} bytes like a single request",
+                    reason="CONTENT_LENGTH_EXCEEDS_THRESHOLD")
+            request = events.parse_request(line)
+            records.append(self._record(request, line, principal, headers, "batch"))
+            return {"line": number, "status": 200}
+        except ApiError as exc:
+            return {"line": number, "status": exc.status, **exc.body()}
+
+    def _admit(self, headers: dict[str, str], events: int = 1) -> Principal:
+        """The token's principal, its request taken from its rate limit (and ``events``); a
+        source that failed to authenticate too often is refused first."""
+        source = headers.get("source", "")
+        refused = self.failures.blocked(source)
+        if refused is not None:
+            raise ThrottlingError(refused, retry_after=self.failures.retry_after(source))
+        try:
+            principal = self.auth.principal(headers.get("authorization"))
+        except AccessDeniedError:
+            self.failures.failed(source)
+            raise
         self.limiter.check(principal.token_id)
+        if events:
+            self.event_limiter.take(principal.token_id, events)
         return principal
 
     def _record(self, request: events.TelemetryRequest, body: bytes, principal: Principal,

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import breakdown, counters
+from . import breakdown, counters, store
 from .breakdown import Dim
 from .counters import GroupCounts
 from .dedupe import DAY_US, DedupeIndex, dedupe_key
@@ -125,14 +125,20 @@ class _Prepared:
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """Open the landing database (WAL, every commit fsync'd); the schema is created on first
     open."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    store.private_dir(path.parent)
     conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    if not readonly:
-        conn.execute("PRAGMA cache_size=-131072")
-        conn.executescript(SCHEMA + counters.SCHEMA)
-        counters.migrate(conn)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        if not readonly:
+            conn.execute("PRAGMA cache_size=-131072")
+            conn.executescript(SCHEMA + counters.SCHEMA)
+            counters.migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.OperationalError):  # locked, I/O, full disk: not damage
+            raise
+        raise store.damaged(path, exc) from None
     return conn
 
 

@@ -40,6 +40,9 @@ __all__ = [
 DEFAULT_WRITER = "q.amazonaws.com"
 _SSE_KEY = "s3:x-amz-server-side-encryption"
 _KMS_KEY_ID = "s3:x-amz-server-side-encryption-aws-kms-key-id"
+#: S3's limit on a bucket policy (20 KiB, counted here without insignificant whitespace); a
+#: larger one cannot be the bucket's, and is not evaluated (evaluation time grows with its size)
+POLICY_MAX_BYTES = 20 * 1024
 
 
 @dataclass(frozen=True)
@@ -277,14 +280,17 @@ def _check_bucket(found: _Findings, s3: Any, t: _Target) -> str:
 
 def _parse_policy(found: _Findings,
                   raw: Mapping[str, Any] | str | bytes) -> Mapping[str, Any] | None:
-    if isinstance(raw, Mapping):
-        return raw
-    if not isinstance(raw, str | bytes):
+    if not isinstance(raw, Mapping | str | bytes):
         found.problem("policy", f"the policy must be a JSON object or JSON text, not "
                                 f"{type(raw).__name__}")
         return None
+    if not isinstance(raw, Mapping) and len(raw) > 50 * POLICY_MAX_BYTES:
+        _too_large(found, len(raw.encode() if isinstance(raw, str) else raw))
+        return None
     try:
-        doc = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        doc = raw if isinstance(raw, Mapping) else json.loads(
+            raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        size = len(json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
     except RecursionError:
         found.problem("policy", "the policy is nested too deeply to be a bucket policy")
         return None
@@ -296,10 +302,22 @@ def _parse_policy(found: _Findings,
         found.problem("policy", f"the policy is not valid JSON: {exc.msg} at line {exc.lineno} "
                                 f"column {exc.colno}; fix the JSON")
         return None
-    if not isinstance(doc, dict):
+    except (TypeError, ValueError) as exc:
+        found.problem("policy", f"the policy is not JSON: {exc}")
+        return None
+    if size > POLICY_MAX_BYTES:
+        _too_large(found, size)
+        return None
+    if not isinstance(doc, Mapping):
         found.problem("policy", "the policy must be a JSON object with a Statement list")
         return None
     return doc
+
+
+def _too_large(found: _Findings, size: int) -> None:
+    found.problem("policy", f"the policy is {size:,} bytes without whitespace; S3 bucket "
+                            f"policies are at most {POLICY_MAX_BYTES:,} bytes (20 KiB), so it "
+                            "cannot be the bucket's: shorten it (fewer or merged statements)")
 
 
 def _read_policy(found: _Findings, s3: Any, t: _Target,

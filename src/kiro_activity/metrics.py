@@ -15,6 +15,13 @@ from typing import Any, Literal
 import orjson
 
 Agg = Literal["count", "sum", "distinct"]
+#: the largest amount one event adds to a summed metric: the validator refuses larger integers
+#: (:mod:`.events`), and events stored before that bound are clamped to it, by the counters and
+#: by the DuckDB rebuild alike, so that both give the same numbers
+AMOUNT_MAX = 2**31 - 1
+#: the largest value of a metric cell (a signed 64-bit integer): sums saturate there instead of
+#: overflowing; out of reach with bounded amounts (it takes 2**32 events of one user-day)
+SUM_MAX = 2**63 - 1
 LAYOUTS = ("documented", "delivered")
 #: the only column that differs between the layouts
 RENAMED = {"delivered": {"InlineChat_EventCount": "InlineChat_TotalEventCount"}}
@@ -315,15 +322,18 @@ def evaluate(events: Iterable[tuple[str, Mapping[str, Any], str | None]]) -> dic
         if r.agg == "count":
             out[m.name] = len(hits)
         elif r.agg == "sum":
-            out[m.name] = sum(_int(e.get(r.field or "")) for e in hits)
+            out[m.name] = min(sum(_int(e.get(r.field or "")) for e in hits), SUM_MAX)
         else:
             out[m.name] = len({tuple(_key(e.get(f)) for f in r.distinct_on) for e in hits})
     return out
 
 
 def _int(value: Any) -> int:
+    """The amount of a summed field: JSON numbers only, at most :data:`AMOUNT_MAX`."""
     if value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return 0
+    if value > AMOUNT_MAX:
+        return AMOUNT_MAX
     return int(value)
 
 

@@ -78,7 +78,8 @@ def document(config: Config) -> dict[str, Any]:
                 "SendTelemetryEvent as real IDE clients send it (awsJson 1.0 and restJson1), "
                 f"bodies up to {config.max_body_bytes} bytes (after gzip decompression), "
                 f"rate limit {config.rate_per_token:g} requests/s per token "
-                f"(burst {config.burst_per_token:g})."
+                f"(burst {config.burst_per_token:g}) and {config.events_per_token:g} events/s "
+                f"per token (burst {config.events_burst_per_token:g}; a bulk line is an event)."
             ),
         },
         "components": {

@@ -30,10 +30,8 @@ Choices where IAM is subtle (never a false "allowed"):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 __all__ = ["MODELLED_KEYS", "Request", "Verdict", "evaluate"]
@@ -71,16 +69,34 @@ class _Outcome:
     malformed: str | None = None
 
 
-@lru_cache(maxsize=1024)
-def _compile(pattern: str, ignore_case: bool) -> re.Pattern[str]:
-    body = "".join(
-        ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern
-    )
-    return re.compile(body, re.DOTALL | (re.IGNORECASE if ignore_case else 0))
-
-
 def _wild(pattern: str, value: str, ignore_case: bool = False) -> bool:
-    return _compile(pattern, ignore_case).fullmatch(value) is not None
+    """Whether ``value`` matches ``pattern`` with IAM wildcards (``*`` any run, ``?`` one
+    character). Greedy, with one pointer back to the last ``*``: no regex, no backtracking tree,
+    so at most len(pattern) x len(value) steps (a regex of ``******Z`` took 34 s)."""
+    if ignore_case:
+        pattern, value = pattern.lower(), value.lower()
+    p = v = 0
+    star, mark = -1, 0
+    n, m = len(pattern), len(value)
+    while v < m:
+        c = pattern[p] if p < n else ""
+        if c == "*":
+            while p < n and pattern[p] == "*":  # a run of stars is one star
+                p += 1
+            if p == n:
+                return True
+            star, mark = p, v
+        elif c and (c == "?" or c == value[v]):
+            p += 1
+            v += 1
+        elif star >= 0:  # retry the text after the last star one character further
+            mark += 1
+            p, v = star, mark
+        else:
+            return False
+    while p < n and pattern[p] == "*":
+        p += 1
+    return p == n
 
 
 def _arn_like(pattern: str, value: str) -> bool:

@@ -11,6 +11,7 @@ is enough (no password stretching is needed), and the plain token is shown once,
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
 import sqlite3
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .audit import iso, record
-from .errors import UsageError
+from .errors import DamagedDatabaseError, UsageError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -123,7 +124,7 @@ PROFILE_ARN_RE = re.compile(
 )
 TOKEN_PREFIX = "kat_"
 TOKEN_LENGTH = len(TOKEN_PREFIX) + 43  # 32 random bytes, base64url
-USER_RE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+USER_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,256}")  # no C0/C1, no surrogates
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,15 +173,56 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def private_dir(path: Path) -> None:
+    """Create the data folder ``path`` (and its parents) readable by its owner only: it holds
+    token hashes, raw telemetry and reports (0700; files made in it get 0600 from the umask)."""
+    os.umask(0o077)
+    path.mkdir(parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    for entry in path.iterdir():  # those of an older release
+        if entry.is_file() and entry.stat().st_mode & 0o077:
+            entry.chmod(0o600)
+
+
+def damaged(path: Path, exc: sqlite3.DatabaseError) -> DamagedDatabaseError:
+    """The error for a database file SQLite cannot use, naming the file."""
+    return DamagedDatabaseError(f"{path}: {exc}; the file is damaged or not a SQLite database "
+                                "(restore it from a backup, or move it away to start empty)")
+
+
+def check_database(path: Path) -> None:
+    """``PRAGMA quick_check`` of a database file (the service runs it at start)."""
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(path, timeout=30.0)
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise damaged(path, exc) from None
+    if problems != ["ok"]:
+        raise DamagedDatabaseError(f"{path}: PRAGMA quick_check found damage: "
+                                   f"{'; '.join(problems)} (restore it from a backup)")
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open (and create) the control database for use by one thread."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.executescript(SCHEMA)
-    _migrate(conn)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.executescript(SCHEMA)
+        _migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.OperationalError):  # locked, I/O, full disk: not damage
+            raise
+        raise damaged(path, exc) from None
     return conn
 
 
@@ -280,8 +322,8 @@ def _check_names(names: list[str]) -> None:
     for name in names:
         if not USER_RE.fullmatch(name) or name != name.strip():
             raise UsageError(
-                f"user id {name!r} must be 1-256 characters, without control characters "
-                "or surrounding spaces"
+                f"user id {name!r} must be 1-256 characters of valid UTF-8, without control "
+                "characters (U+0000-U+001F, U+007F-U+009F) or surrounding spaces"
             )
 
 

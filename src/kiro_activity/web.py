@@ -30,6 +30,7 @@ from starlette.routing import Route, Router
 from . import audit, daily, sessions, store
 from . import settings as settings_mod
 from .admin import Admin
+from .auth import FailureLimiter
 from .dashboard_web import DashboardPages
 from .errors import (
     AdminError,
@@ -68,8 +69,9 @@ def csrf_token(session_id: str) -> str:
 class WebPages:
     """The ``/admin`` pages (everything under ``/admin`` but the ``/admin/v1/`` API)."""
 
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Admin, failures: FailureLimiter | None = None) -> None:
         self.admin = admin
+        self.failures = failures or FailureLimiter(0, 60)
         self.env = Environment(loader=PackageLoader("kiro_activity", "templates"),
                                autoescape=True)
         self.env.globals["settings_table"] = settings_mod.SETTINGS
@@ -176,10 +178,16 @@ class WebPages:
                                message=exc.message, principal=None)
         token = str(form.get("token") or "").strip()
         target = _safe_next(str(form.get("next") or ""))
-        p, session_id = await run_in_threadpool(self._open_session, token)
+        source = request.client.host if request.client else ""
+        refused = self.failures.blocked(source)
+        if refused is not None:
+            return self.render("login.html", 429, next=target, error=f"Refused: {refused}.",
+                               principal=None)
+        _, session_id = await run_in_threadpool(self._open_session, token)
         if session_id is None:
-            error = ("That is a telemetry token; log in with an admin token."
-                     if p is not None else "That token is unknown, revoked or expired.")
+            self.failures.failed(source)
+            error = ("That is not a valid admin token (unknown, revoked or expired, or not an"
+                     " admin token).")  # the same for every refused token: nothing leaks
             return self.render("login.html", 401, next=target, error=error, principal=None)
         response = RedirectResponse(target, 303, headers=SECURITY_HEADERS)
         response.set_cookie(COOKIE, session_id, max_age=sessions.SESSION_SECONDS, path="/admin",
