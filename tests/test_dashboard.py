@@ -8,6 +8,7 @@ import csv
 import io
 import shutil
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,17 @@ def test_overview_figures_worked_out_by_hand(config: Config) -> None:
     lang = {b["value"]: (b["active_users"], b["events"]) for b in o["by_language"]}
     assert lang == {"python": (2, 4), "typescript": (1, 2), "java": (1, 1), "none": (1, 1)}
     assert sorted(o["active"]) == ["=dave", "alice", "bob"]  # never the other account's
+    assert o["partial_line_rate"] is False
 
 
 def test_one_user_and_today(config: Config) -> None:
     bob = dashboard.overview(config, ACCOUNT, rng(), NOW, user="bob")
     assert [d["events"] for d in bob["days"]] == [1, 2]
     assert bob["totals"]["Chat_AICodeLines"] == 14 and bob["totals"]["Inline_SuggestionsCount"] == 1
+    assert bob["by_ide"] == [{"value": "JETBRAINS", "active_users": 1},
+                             {"value": "VSCODE", "active_users": 1}]
+    assert [b["value"] for b in bob["by_language"]] == ["java", "typescript"]
+    assert bob["rates"]["inline_line_acceptance_rate"] == 0.0  # 0 of 3 lines shown
     today = dashboard.overview(config, ACCOUNT, rng("2026-11-30", "2026-11-30"), NOW)
     assert today["active_users"] == 1 and today["totals"]["Chat_MessagesSent"] == 1
     conn = store.connect(config.control_db)
@@ -92,6 +98,8 @@ def test_users_table_sorts_searches_and_pages(config: Config) -> None:
                              page=2, size=2)
     assert [u["user_id"] for u in second["users"]] == ["bob"]
     assert (second["total"], second["pages"]) == (3, 2)
+    past = dashboard.users(config, ACCOUNT, rng(), NOW, sort="user_id", page=99, size=2)
+    assert past["page"] == 2 and past["users"]  # past the end: the last page
     with pytest.raises(UsageError, match="sort 'drop table'"):
         dashboard.users(config, ACCOUNT, rng(), NOW, sort="drop table")
 
@@ -106,6 +114,13 @@ def test_users_table_sorts_searches_and_pages(config: Config) -> None:
 def test_bad_ranges_are_refused(first: str, last: str | None, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         dashboard.parse_range(first, last, NOW)
+
+
+def test_from_today_alone_is_today() -> None:
+    r = dashboard.parse_range("2026-11-30", None, NOW)
+    assert (r.first, r.last) == (TODAY, TODAY)
+    r = dashboard.parse_range("2026-11-20", None, NOW)
+    assert (r.first.isoformat(), r.last.isoformat()) == ("2026-11-20", "2026-11-29")
 
 
 def test_default_range_is_the_last_30_closed_days() -> None:
@@ -159,7 +174,7 @@ def test_snapshots_equal_the_live_counters(config: Config) -> None:
     just_closed = NOW - 12 * 3600 + 60  # a minute after D2 closed: not settled yet
     live = dashboard.overview(config, ACCOUNT, rng(), just_closed)
     assert usage.snapshot_paths(config, ACCOUNT, D1)["users"].exists()
-    assert not usage.snapshot_paths(config, ACCOUNT, D2)["users"].exists()
+    assert not usage.complete(usage.snapshot_paths(config, ACCOUNT, D2))
     snapped = dashboard.overview(config, ACCOUNT, rng(), NOW)
     assert usage.snapshot_paths(config, ACCOUNT, D2)["users"].exists()
     assert not usage.snapshot_paths(config, ACCOUNT, TODAY)["users"].exists()  # not final
@@ -173,13 +188,19 @@ def test_old_counters_show_as_not_recorded(tmp_path: Path) -> None:
     seed(cfg)
     from kiro_activity import landing
     conn = landing.connect(cfg.landing_db)
-    conn.execute("DELETE FROM user_day_dim WHERE user_id = 'bob'")
+    d1 = (D1 - date(1970, 1, 1)).days
+    for table in ("dim_day", "dim_users"):  # D1 counted by a version without the breakdown
+        conn.execute(f"DELETE FROM {table} WHERE day = ?", (d1,))
     conn.execute("UPDATE interactions SET ide = NULL, language = NULL")
     conn.close()
     o = dashboard.overview(cfg, ACCOUNT, rng(), NOW)
-    ide = {b["value"]: b["events"] for b in o["by_ide"]}
-    assert ide == {"VSCODE": 4, "JETBRAINS": 1, "not recorded": 3}
+    ide = {b["value"]: (b["active_users"], b["events"]) for b in o["by_ide"]}
+    assert ide == {"VSCODE": (2, 3), "not recorded": (2, 5)}
+    assert o["partial_line_rate"]  # D1's suggested lines were not kept: the page says so
     assert o["totals"]["events"] == 8 and o["totals"]["Chat_AICodeLines"] == 14
+    for dim in ("by_ide", "by_language"):
+        for figure in usage.FIGURES:
+            assert sum(b[figure] for b in o[dim]) == o["totals"][figure], (dim, figure)
 
 
 # --- the data endpoints on a real server process ---------------------------------------------
@@ -269,3 +290,11 @@ def test_the_schedule_snapshots_settled_days(tmp_path: Path) -> None:
     assert not usage.snapshot_paths(cfg, OTHER_ACCOUNT, D2)["users"].exists()
     assert usage.snapshot_paths(cfg, OTHER_ACCOUNT, D1)["users"].exists()
     assert sched.next_wake() == midnight + 86_400
+
+
+def test_a_snapshot_with_a_file_missing_is_written_again(config: Config) -> None:
+    first = dashboard.overview(config, ACCOUNT, rng(), NOW)
+    paths = usage.snapshot_paths(config, ACCOUNT, D1)
+    paths["dimsums"].unlink()  # a power loss before the rename reached the disk, say
+    assert dashboard.overview(config, ACCOUNT, rng(), NOW) == first
+    assert usage.complete(paths)

@@ -29,26 +29,35 @@ from .breakdown import Dim
 from .metrics import AMOUNT_MAX, DISTINCT, EXTRA, METRICS, SUM_MAX, deltas
 
 N = len(METRICS) + 1  # the metrics, then the number of events
-COLS = [f"c{i}" for i in range(N)]
-#: the breakdown table's cells: the same, then the dashboard's EXTRA figures
+EVENTS = N - 1
+COLS = [f"c{i}" for i in range(N)]  # what the report reads
+#: every cell a counter keeps: the report's, then the dashboard's EXTRA figures
 NX = N + len(EXTRA)
-DCOLS = [f"d{i}" for i in range(NX)]
+ALL = [f"c{i}" for i in range(NX)]
+DCOLS = [f"d{i}" for i in range(NX)]  # the same cells in the breakdown table
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS user_day (
     account_id TEXT NOT NULL,
     day        INTEGER NOT NULL,
     user_id    TEXT NOT NULL,
-    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in COLS)},
+    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in ALL)},
     PRIMARY KEY (account_id, day, user_id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS user_day_dim (
+CREATE TABLE IF NOT EXISTS dim_day (
     account_id TEXT NOT NULL,
     day        INTEGER NOT NULL,
-    user_id    TEXT NOT NULL,
     ide        TEXT NOT NULL,
     language   TEXT NOT NULL,
     {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in DCOLS)},
-    PRIMARY KEY (account_id, day, user_id, ide, language)
+    PRIMARY KEY (account_id, day, ide, language)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dim_users (
+    account_id TEXT NOT NULL,
+    day        INTEGER NOT NULL,
+    ide        TEXT NOT NULL,
+    language   TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    PRIMARY KEY (account_id, day, ide, language, user_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS interactions (
     account_id      TEXT NOT NULL,
@@ -67,19 +76,26 @@ CREATE TABLE IF NOT EXISTS counters_meta (
 INSERT OR IGNORE INTO counters_meta VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS counters_bounded (id INTEGER PRIMARY KEY CHECK (id = 1));
 """
-UPSERT = (f"INSERT INTO user_day (account_id, day, user_id, {', '.join(COLS)}) VALUES "
-          f"({', '.join('?' * (N + 3))}) ON CONFLICT (account_id, day, user_id) DO UPDATE SET "
-          + ", ".join(f"{c} = CASE WHEN {c} > {SUM_MAX} - excluded.{c} THEN {SUM_MAX}"
-                      f" ELSE {c} + excluded.{c} END" for c in COLS))
-UPSERT_DIM = (f"INSERT INTO user_day_dim (account_id, day, user_id, ide, language, "
-              f"{', '.join(DCOLS)}) VALUES ({', '.join('?' * (NX + 5))}) ON CONFLICT "
-              "(account_id, day, user_id, ide, language) DO UPDATE SET "
-              + ", ".join(f"{c} = CASE WHEN {c} > {SUM_MAX} - excluded.{c} THEN {SUM_MAX}"
-                          f" ELSE {c} + excluded.{c} END" for c in DCOLS))
+
+
+def _upsert(table: str, key: list[str], cols: list[str]) -> str:
+    """Add a row's cells to the table's row of the same key (saturating at SUM_MAX)."""
+    return (f"INSERT INTO {table} ({', '.join(key + cols)}) VALUES "
+            f"({', '.join('?' * (len(key) + len(cols)))}) ON CONFLICT ({', '.join(key)})"
+            " DO UPDATE SET " + ", ".join(f"{c} = CASE WHEN {c} > {SUM_MAX} - excluded.{c} THEN"
+                                          f" {SUM_MAX} ELSE {c} + excluded.{c} END" for c in cols))
+
+
+UPSERT = _upsert("user_day", ["account_id", "day", "user_id"], ALL)
+#: the breakdown: per account, day, IDE and language (not per user: a few rows per group, so
+#: it costs the writer little), and which users were active in each
+UPSERT_DIM = _upsert("dim_day", ["account_id", "day", "ide", "language"], DCOLS)
+PRESENT = "INSERT OR IGNORE INTO dim_users VALUES (?, ?, ?, ?, ?)"
 INTERACT = ("INSERT OR IGNORE INTO interactions (account_id, day, user_id, conversation_id,"
             " message_id, ide, language) VALUES (?, ?, ?, ?, ?, ?, ?)")
 Key = tuple[str, int, str]  # account, day, user
-DimKey = tuple[str, int, str, str, str]  # account, day, user, ide, language
+DimKey = tuple[str, int, str, str]  # account, day, ide, language
+Presence = tuple[str, int, str, str, str]  # account, day, ide, language, user
 Interaction = tuple[str, int, str, str | None, str | None]
 K = TypeVar("K")
 
@@ -90,15 +106,21 @@ def migrate(conn: sqlite3.Connection) -> None:
     for column in ("ide", "language"):
         if column not in have:
             conn.execute(f"ALTER TABLE interactions ADD COLUMN {column} TEXT")
+    have = {row[1] for row in conn.execute("PRAGMA table_info(user_day)")}
+    for column in ALL:
+        if column not in have:
+            conn.execute(f"ALTER TABLE user_day ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
 
 
 @dataclass
 class GroupCounts:
     """What one committed group adds: per (account, day, user) amounts, the same per (IDE,
-    language) too, and the interactions (each with the dimensions of its first event)."""
+    language) too, which users were active in each, and the interactions (each with the
+    dimensions of its first event)."""
 
     cells: dict[Key, list[int]] = field(default_factory=dict)
     dims: dict[DimKey, list[int]] = field(default_factory=dict)
+    present: set[Presence] = field(default_factory=set)
     interactions: dict[Interaction, Dim] = field(default_factory=dict)
 
     def add(self, key: Key, amounts: Iterable[tuple[int, int]],
@@ -106,17 +128,17 @@ class GroupCounts:
             dim: Dim = breakdown.UNRECORDED) -> None:
         cell = self.cells.get(key)
         if cell is None:
-            cell = self.cells[key] = [0] * N
-        dkey = (*key, *dim)
+            cell = self.cells[key] = [0] * NX
+        dkey = (key[0], key[1], *dim)
         dcell = self.dims.get(dkey)
         if dcell is None:
             dcell = self.dims[dkey] = [0] * NX
         for index, amount in amounts:
-            if index < N:  # the EXTRA figures are kept in the breakdown only
-                cell[index] += amount
+            cell[index] += amount
             dcell[index] += amount
-        cell[-1] += 1
-        dcell[N - 1] += 1
+        cell[EVENTS] += 1
+        dcell[EVENTS] += 1
+        self.present.add((*dkey, key[2]))
         if interaction is not None:
             self.interactions.setdefault((*key, interaction[0], interaction[1]), dim)
 
@@ -124,6 +146,7 @@ class GroupCounts:
         """Add ``other`` in; ``other`` must not be used afterwards (its lists are taken over)."""
         _merge(self.cells, other.cells)
         _merge(self.dims, other.dims)
+        self.present |= other.present
         for pair, dim in other.interactions.items():
             self.interactions.setdefault(pair, dim)
 
@@ -159,9 +182,15 @@ def saturated(cell: list[int]) -> list[int]:
 class Counters:
     """The amounts committed but not yet written out; used under the landing writer's lock."""
 
+    #: most (account, day, IDE, language, user) keys remembered as already in ``dim_users``
+    KNOWN_MAX = 1_000_000
+
     def __init__(self) -> None:
         self.pending = GroupCounts()
         self.seq = 0  # the highest committed seq whose amounts are in ``pending`` or written
+        #: presence keys this writer has committed: a user's next events in the same IDE and
+        #: language need no INSERT OR IGNORE (the breakdown's cost to the writer, halved)
+        self.known: set[Presence] = set()
 
     def add(self, group: GroupCounts, last_seq: int) -> None:
         self.pending.merge(group)
@@ -171,6 +200,7 @@ class Counters:
         """Write the pending amounts and the watermark in one transaction (kept on failure)."""
         if not self.pending.cells and not self.pending.interactions:  # dims go with cells
             return
+        self.pending.present -= self.known
         conn.execute("BEGIN IMMEDIATE")
         try:
             write(conn, self.pending, self.seq)
@@ -178,13 +208,23 @@ class Counters:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._remember(self.pending.present)
         self.pending = GroupCounts()
+
+    def _remember(self, present: set[Presence]) -> None:
+        self.known |= present
+        if len(self.known) > self.KNOWN_MAX:  # keep the last two days' keys, or none
+            newest = max(key[1] for key in self.known)
+            self.known = {key for key in self.known if key[1] >= newest - 1}
+            if len(self.known) > self.KNOWN_MAX:
+                self.known = set()
 
 
 def write(conn: sqlite3.Connection, counts: GroupCounts, watermark: int) -> None:
     conn.executemany(UPSERT, [(*key, *saturated(cell)) for key, cell in counts.cells.items()])
     conn.executemany(UPSERT_DIM, [(*key, *saturated(cell))
                                   for key, cell in counts.dims.items()])
+    conn.executemany(PRESENT, list(counts.present))
     conn.executemany(INTERACT, [(*pair, *dim) for pair, dim in counts.interactions.items()])
     conn.execute("UPDATE counters_meta SET watermark = max(watermark, ?) WHERE id = 1",
                  (watermark,))
@@ -214,16 +254,17 @@ def _recount_unbounded(conn: sqlite3.Connection) -> None:
     keys = conn.execute(f"SELECT account_id, day, user_id FROM user_day WHERE {big}").fetchall()
     watermark = int(conn.execute("SELECT watermark FROM counters_meta").fetchone()[0])
     for account, day, user in keys:
-        for table in ("user_day", "user_day_dim"):
-            conn.execute(f"DELETE FROM {table} WHERE account_id = ? AND day = ? AND user_id = ?",
-                         (account, day, user))
+        conn.execute("DELETE FROM user_day WHERE account_id = ? AND day = ? AND user_id = ?",
+                     (account, day, user))
         counts = GroupCounts()
         for member, ide, body in conn.execute(
                 "SELECT member, ide_category, body FROM events WHERE seq <= ? AND account_id = ?"
                 " AND user_id = ? AND received_us >= ? AND received_us < ?",
                 (watermark, account, user, day * 86_400_000_000, (day + 1) * 86_400_000_000)):
-            amounts, _, dim = amounts_of(member, body, ide)
-            counts.add((account, day, user), amounts, None, dim)
+            amounts, _ = amounts_of(member, body, ide)[:2]
+            counts.add((account, day, user), amounts, None)
+        counts.dims.clear()  # events of before the breakdown: shown there as not recorded
+        counts.present.clear()
         write(conn, counts, watermark)
     conn.execute("INSERT INTO counters_bounded VALUES (1)")
 
@@ -235,7 +276,7 @@ def recover(conn: sqlite3.Connection) -> int:
     try:
         _recount_unbounded(conn)
         counts, last = _tail(conn)
-        n = sum(cell[-1] for cell in counts.cells.values())
+        n = sum(cell[EVENTS] for cell in counts.cells.values())
         if n:
             write(conn, counts, last)
         conn.execute("COMMIT")
@@ -263,7 +304,7 @@ def read_day(conn: sqlite3.Connection, account_id: str, day: int,
         conn.execute("COMMIT")
     for (_, _, user), cell in tail.cells.items():
         mine = cells.setdefault(user, [0] * N)
-        for i, v in enumerate(cell):
+        for i, v in enumerate(cell[:N]):
             mine[i] += v
     seen |= {(u, c, m) for _, _, u, c, m in tail.interactions}
     distinct: dict[str, int] = {}
@@ -271,11 +312,11 @@ def read_day(conn: sqlite3.Connection, account_id: str, day: int,
         distinct[user] = distinct.get(user, 0) + 1
     rows = []
     for user in sorted(cells):
-        values = [int(v) for v in saturated(cells[user][:-1])]
+        values = [int(v) for v in saturated(cells[user][:EVENTS])]
         for index in DISTINCT:
             values[index] = distinct.get(user, 0)
         rows.append((user, values))
-    return rows, sum(cell[-1] for cell in cells.values())
+    return rows, sum(cell[EVENTS] for cell in cells.values())
 
 
 def read_day_cells(conn: sqlite3.Connection, account_id: str, day: int, order: list[int],

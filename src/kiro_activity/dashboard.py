@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 
 from . import daily, usage
+from .breakdown import NOT_RECORDED
 from .config import Config
 from .errors import UsageError
 from .metrics import AI_LINES, EXTRA, METRICS, RATES, column_metric, metric_columns
@@ -51,7 +52,12 @@ def parse_range(first: str | None, last: str | None, now: float, *, default_days
     """The range of ``from``/``to`` (``YYYY-MM-DD``); by default the ``default_days`` closed
     days up to yesterday. Today is allowed (not final yet); the future is not."""
     today = datetime.fromtimestamp(now, UTC).date()
-    end = daily.check_day(last) if last else today - timedelta(days=1)
+    if last:
+        end = daily.check_day(last)
+    elif first:  # from a day on: up to yesterday, or that day when it is today
+        end = max(daily.check_day(first), today - timedelta(days=1))
+    else:
+        end = today - timedelta(days=1)
     start = daily.check_day(first) if first else end - timedelta(days=default_days - 1)
     if start > end:
         raise UsageError(f"from {start} is after to {end}")
@@ -70,37 +76,50 @@ def _lit(text: str) -> str:
 
 @contextmanager
 def _duck(config: Config, account_id: str, r: Range, now: float, user: str | None = None,
-          views: tuple[str, ...] = ("pd", "ps", "pu"),
-          ) -> Iterator[tuple[duckdb.DuckDBPyConnection, usage.Sources]]:
-    """A DuckDB connection with views of the range's usage (of one user when ``user`` is
-    given): ``pd`` the rows per user, IDE and language; ``ps`` rows with the sums per IDE and
-    language; ``pu`` one row per user and day."""
+          *, cached: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection over the range's usage (of one user when ``user`` is given):
+    ``pu`` one row per user and day (a view of the snapshot files and live rows); from the
+    cache of the snapshots' columns, ``s`` the sums per day, IDE and language, ``a`` who was
+    active when, ``w`` who was active in which IDE and language."""
     found = usage.sources(config, account_id, r.days, now)
     con = duckdb.connect(config={"threads": 2})
     try:
-        empty = usage.empty()
-        wanted = {"pd"} if user is not None else set(views)
-        for kind, name in (("dims", "pd"), ("dimsums", "ps"), ("users", "pu")):
-            if name not in wanted:
-                continue  # binding a view opens every file of it
-            live = found.live[kind]
-            con.register(f"live_{kind}", pa.concat_tables(live) if live else empty[kind])
-            parts = [f"SELECT * FROM live_{kind}"]
-            if found.files[kind]:
-                listed = ", ".join(_lit(str(f)) for f in found.files[kind])
-                parts.append(f"SELECT * FROM read_parquet([{listed}])")
-            con.execute(f"CREATE VIEW {name}0 AS {' UNION ALL '.join(parts)}")
+        live = found.live["users"]
+        con.register("live_users", pa.concat_tables(live) if live else
+                     usage.empty()["users"])
+        parts = ["SELECT * FROM live_users"]
+        if found.files["users"]:
+            listed = ", ".join(_lit(str(f)) for f in found.files["users"])
+            parts.append(f"SELECT * FROM read_parquet([{listed}])")
+        one = f" WHERE user_id = {_lit(user)}" if user is not None else ""
+        con.execute(f"CREATE VIEW pu AS SELECT * FROM ({' UNION ALL '.join(parts)}){one}")
+        if not cached:  # the per-user tables only
+            yield con
+            return
+        _cached(con, found, "w0", "dimusers", ("ide", "language", "user_id"))
+        con.execute(f"CREATE VIEW w AS SELECT * FROM w0{one}")
         if user is None:
-            for name in views:
-                con.execute(f"CREATE VIEW {name} AS SELECT * FROM {name}0")
-        else:
-            con.execute(f"CREATE VIEW pd AS SELECT * FROM pd0 WHERE user_id = {_lit(user)}")
-            con.execute("CREATE VIEW ps AS SELECT * FROM pd")
-            con.execute(f"CREATE VIEW pu AS SELECT day, user_id, {_sums()} FROM pd"
-                        " GROUP BY day, user_id")
-        yield con, found
+            _cached(con, found, "s", "dimsums", None)
+            _cached(con, found, "a", "users", ("day", "user_id"))
+        else:  # one user: the sums are the user's rows (the breakdown has no figures per user)
+            con.execute("CREATE VIEW s AS SELECT * FROM pu")
+            con.execute("CREATE VIEW a AS SELECT day, user_id FROM pu")
+        yield con
     finally:
         con.close()
+
+
+def _cached(con: duckdb.DuckDBPyConnection, found: usage.Sources, name: str, kind: str,
+            columns: tuple[str, ...] | None) -> None:
+    """Table ``name``: the columns of the ``kind`` snapshots (from the cache) and live rows,
+    scanned in place by DuckDB."""
+    parts = [t.select(list(columns)) if columns else t for t in found.live[kind]]
+    cached = usage.CACHE.concat(found.files[kind], columns)
+    if cached is not None:
+        parts.append(cached)
+    empty = usage.empty()[kind]
+    con.register(name, pa.concat_tables(parts, promote_options="default") if parts else
+                 (empty.select(list(columns)) if columns else empty))
 
 
 def _sums() -> str:
@@ -116,25 +135,18 @@ def _rates(values: dict[str, int]) -> dict[str, float | None]:
 
 
 def overview(config: Config, account_id: str, r: Range, now: float,
-             user: str | None = None) -> dict[str, Any]:
-    """Per day, totals and the breakdowns of the range (for one user when ``user`` is given)."""
-    with _duck(config, account_id, r, now, user, views=("pd",)) as (con, found):
-        # each view read once (every query over the files pays for opening them): the small
-        # sums, who was active on which day, and who used which IDE and language
-        if user is None:  # the sums and who was active when, from the cached columns
-            _cached(con, found, "s", "dimsums", None)
-            _cached(con, found, "a", "users", ("day", "user_id"))
-        else:
-            con.execute("CREATE TEMP TABLE s AS SELECT * FROM ps")
-            con.execute("CREATE TEMP TABLE a AS SELECT day, user_id FROM pu")
-        con.execute("CREATE TEMP TABLE w AS SELECT DISTINCT ide, language, user_id FROM pd")
+             user: str | None = None, *, with_users: bool = False) -> dict[str, Any]:
+    """Per day, totals and the breakdowns of the range (for one user when ``user`` is given:
+    then the breakdowns say which IDEs and languages, without figures)."""
+    with _duck(config, account_id, r, now, user) as con:
         sums = {row[0]: row[1:] for row in con.execute(
             f"SELECT day, {_sums()} FROM s GROUP BY day").fetchall()}
         users_of = dict(con.execute("SELECT day, count(*) FROM a GROUP BY day").fetchall())
         total = con.execute(f"SELECT {_sums()} FROM s").fetchone()
         active = [row[0] for row in con.execute(
             "SELECT DISTINCT user_id FROM a ORDER BY user_id").fetchall()]
-        dims = {dim: _breakdown(con, dim) for dim in ("ide", "language")}
+        dims = {dim: _breakdown(con, dim, figures=user is None) for dim in ("ide", "language")}
+        per_user = _user_totals(con) if with_users else None  # from the same read
     assert total is not None
     days = []
     for day in r.days:
@@ -145,30 +157,24 @@ def overview(config: Config, account_id: str, r: Range, now: float,
     return {"days": days, "active_users": len(active),
             "active_days": sum(1 for d in days if d["active_users"]),
             "totals": totals, "rates": _rates(totals), "ai_lines": _ai_lines(totals),
-            "by_ide": dims["ide"], "by_language": dims["language"], "active": active}
+            "by_ide": dims["ide"], "by_language": dims["language"], "active": active,
+            "partial_line_rate": any(b["value"] == NOT_RECORDED for b in dims["ide"]),
+            **({"per_user": per_user} if per_user is not None else {})}
 
 
-def _cached(con: duckdb.DuckDBPyConnection, found: usage.Sources, name: str, kind: str,
-            columns: tuple[str, ...] | None) -> None:
-    """Table ``name``: the columns of the ``kind`` snapshots (from the cache) and live rows."""
-    parts = [t.select(list(columns)) if columns else t for t in found.live[kind]]
-    cached = usage.CACHE.concat(found.files[kind], columns)
-    if cached is not None:
-        parts.append(cached)
-    empty = usage.empty()[kind]
-    con.register(name, pa.concat_tables(parts, promote_options="default") if parts else
-                 (empty.select(list(columns)) if columns else empty))  # scanned in place
-
-
-def _breakdown(con: duckdb.DuckDBPyConnection, dim: str) -> list[dict[str, Any]]:
-    users_of = dict(con.execute(f"SELECT {dim}, count(DISTINCT user_id) FROM w"
-                                f" GROUP BY {dim}").fetchall())
+def _breakdown(con: duckdb.DuckDBPyConnection, dim: str, *, figures: bool,
+               ) -> list[dict[str, Any]]:
+    users_of = con.execute(f"SELECT {dim}, count(DISTINCT user_id) FROM w GROUP BY {dim}"
+                           f" ORDER BY 2 DESC, {dim}").fetchall()
+    if not figures:
+        return [{"value": value, "active_users": int(n)} for value, n in users_of]
+    counts = dict(users_of)
     rows = con.execute(f"SELECT {dim}, {_sums()} FROM s GROUP BY {dim}"
                        f" ORDER BY sum(events) DESC, {dim}").fetchall()
     out = []
     for row in rows:
         values = _named(row[1:])
-        out.append({"value": row[0], "active_users": int(users_of.get(row[0], 0)), **values,
+        out.append({"value": row[0], "active_users": int(counts.get(row[0], 0)), **values,
                     "rates": _rates(values)})
     return out
 
@@ -197,30 +203,38 @@ def users(config: Config, account_id: str, r: Range, now: float, *, search: str 
     per_user = (f"SELECT user_id, count(*) AS active_days, {_sums()} FROM pu {where}"
                 " GROUP BY user_id")
     rates = ", ".join(f'{_rate_sql(rt)} AS "{rt.name}"' for rt in RATES)
-    with _duck(config, account_id, r, now, views=("pu",)) as (con, _):
+    with _duck(config, account_id, r, now, cached=False) as con:
         con.execute(f"CREATE TEMP TABLE t AS SELECT *, {rates} FROM ({per_user})", args)
         count = con.execute("SELECT count(*) FROM t").fetchone()
         rows = con.execute(
             f"SELECT * FROM t ORDER BY \"{sort}\" {order} NULLS LAST, user_id LIMIT ? OFFSET ?",
             [size, (page - 1) * size]).fetchall()
     assert count is not None
+    pages = max(1, -(-int(count[0]) // size))
+    if page > pages:  # past the last page (the table shrank, or a hand-made link)
+        return users(config, account_id, r, now, search=search, sort=sort,
+                     descending=descending, page=pages, size=size)
     out = []
     for row in rows:
         values = _named(row[2:2 + len(SUMMED)])
         out.append({"user_id": row[0], "active_days": int(row[1]), **values,
                     "rates": _rates(values)})
     return {"users": out, "total": int(count[0]), "page": page, "size": size,
-            "pages": max(1, -(-int(count[0]) // size)), "sort": sort,
+            "pages": pages, "sort": sort,
             "descending": descending, "search": search}
 
 
 def user_totals(config: Config, account_id: str, r: Range, now: float,
                 ) -> list[tuple[str, dict[str, int]]]:
     """Every user active in the range (code-point order) with the 44 metrics summed."""
+    with _duck(config, account_id, r, now, cached=False) as con:
+        return _user_totals(con)
+
+
+def _user_totals(con: duckdb.DuckDBPyConnection) -> list[tuple[str, dict[str, int]]]:
     sums = ", ".join(f'sum("{f}")::BIGINT' for f in METRIC_NAMES)
-    with _duck(config, account_id, r, now, views=("pu",)) as (con, _):
-        rows = con.execute(f"SELECT user_id, {sums} FROM pu GROUP BY user_id"
-                           " ORDER BY user_id").fetchall()
+    rows = con.execute(f"SELECT user_id, {sums} FROM pu GROUP BY user_id"
+                       " ORDER BY user_id").fetchall()
     return [(row[0], dict(zip(METRIC_NAMES, map(int, row[1:]), strict=True))) for row in rows]
 
 
@@ -280,10 +294,10 @@ def renamed(values: dict[str, Any], layout: str) -> dict[str, Any]:
 
 
 def page_data(config: Config, conn: sqlite3.Connection, account_id: str, r: Range, now: float,
-              user: str | None = None) -> dict[str, Any]:
+              user: str | None = None, *, with_users: bool = False) -> dict[str, Any]:
     """What the overview (or one user's page) shows: :func:`overview`, the idle seats (on the
     account's overview) and the freshness of the range."""
-    data = overview(config, account_id, r, now, user)
+    data = overview(config, account_id, r, now, user, with_users=with_users)
     active = data.pop("active")
     idle = idle_seats(conn, account_id, active, now) if user is None else []
     return {**data, "idle_seats": {"count": len(idle), "users": idle},
@@ -294,8 +308,8 @@ def document(config: Config, conn: sqlite3.Connection, account_id: str, layout: 
              r: Range, now: float) -> dict[str, Any]:
     """The admin API's ``usage`` answer: per day and per user, by the layout's CSV names,
     with the totals, rates, breakdowns, idle seats and freshness of the range."""
-    data = page_data(config, conn, account_id, r, now)
-    per_user = user_totals(config, account_id, r, now)
+    data = page_data(config, conn, account_id, r, now, with_users=True)
+    per_user = data.pop("per_user")
     return {
         "account_id": account_id, "from": r.first.isoformat(), "to": r.last.isoformat(),
         "layout": layout,

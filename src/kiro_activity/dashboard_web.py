@@ -60,8 +60,8 @@ def _int(request: Request, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not re.fullmatch(r"[0-9]{1,6}", raw):
-        raise BadRequestError(f"{name}={raw!r} must be a whole number")
+    if not re.fullmatch(r"[0-9]{1,9}", raw):
+        raise BadRequestError(f"{name}={raw!r} must be a whole number below 10^9")
     return int(raw)
 
 

@@ -1,22 +1,21 @@
-"""Per-user-day usage at the grain of the dashboard's breakdown, live or as a day's snapshot.
+"""A day's usage for the dashboard, read from the counters, live or as the day's snapshot.
 
-The dashboard reads the same counters the report is made from (:mod:`.counters`): the
-breakdown table ``user_day_dim`` (per account, day, user, IDE and language), the interactions
-behind the one distinct-count metric, and whatever lies past the counters' watermark. Its rows
-sum, per user, to the report's row: counters kept before the breakdown existed show up as the
-dimension value ``not recorded`` (the difference from ``user_day``), so nothing is lost or
-counted twice.
+The dashboard reads the same counters the report is made from (:mod:`.counters`): per user
+``user_day`` (the report's row, and the dashboard's EXTRA figures), the breakdown per IDE and
+language (``dim_day``, and ``dim_users``: who was active in each), the interactions behind the
+one distinct-count metric, and whatever lies past the counters' watermark. The breakdown sums
+to the per-user rows: what the counters hold beyond it (kept before it existed) shows up as the
+dimension value ``not recorded``, so nothing is lost or counted twice.
 
 A closed day no longer changes, so once it has settled (closed for :data:`GRACE_SECONDS`, and
-every event of it counted) its rows are written once to a Parquet snapshot,
-``DATA_DIR/usage/<account>/<day>.<kind>.v2.parquet`` (the rows, one per user, and the sums per
-IDE and language), that DuckDB then reads at columnar speed. A
-snapshot is a cache of the counters: deleting the folder only costs the time to write it again.
+every event of it counted) its three tables are written once to Parquet snapshots,
+``DATA_DIR/usage/<account>/<day>.<kind>.v3.parquet``, that DuckDB then reads at columnar speed.
+A snapshot is a cache of the counters: deleting the folder only costs the time to write it
+again.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import sqlite3
 import threading
@@ -24,8 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -34,16 +33,35 @@ from .aggregate import DAY_US, day_window
 from .config import Config
 from .metrics import DISTINCT, EXTRA, METRICS
 
-VERSION = 2
+VERSION = 3
 GRACE_SECONDS = 300.0
-#: the figures of a row, in the order of the breakdown table's cells
+#: the figures of a row, in the order of the counters' cells
 FIGURES = [m.name for m in METRICS] + ["events"] + [m.name for m in EXTRA]
-SCHEMA = pa.schema([("day", pa.date32()), ("user_id", pa.string()), ("ide", pa.string()),
-                    ("language", pa.string()), *[(f, pa.int64()) for f in FIGURES]])
+_FIGS = [(f, pa.int64()) for f in FIGURES]
+_DAY = ("day", pa.date32())
+#: a day's three tables: one row per user; the sums per IDE and language; which users were
+#: active in each IDE and language
+SCHEMAS = {
+    "users": pa.schema([_DAY, ("user_id", pa.string()), *_FIGS]),
+    "dimsums": pa.schema([_DAY, ("ide", pa.string()), ("language", pa.string()), *_FIGS]),
+    "dimusers": pa.schema([_DAY, ("ide", pa.string()), ("language", pa.string()),
+                           ("user_id", pa.string())]),
+}
+KINDS = ("dimsums", "dimusers", "users")  # the order they are written in: users last
 _NR = breakdown.NOT_RECORDED
-_EVENTS = counters.N - 1
-_UNCOUNTED = [i for i in range(counters.N) if i not in DISTINCT]  # the cells user_day has
-Row = tuple[str, str, str]  # user, ide, language
+_D = DISTINCT[0]
+_UNCOUNTED = [i for i in range(counters.NX) if i != _D]  # the cells the tables hold
+Cells = dict[Any, list[int]]
+
+
+@dataclass
+class Day:
+    """A day's usage, read from the counters: per user, per (IDE, language), and who."""
+
+    users: Cells = field(default_factory=dict)  # user -> cells
+    dims: Cells = field(default_factory=dict)  # (ide, language) -> cells
+    present: set[tuple[str, str, str]] = field(default_factory=set)  # (ide, language, user)
+    settled: bool = False  # no longer changes (see settled), as of the same read
 
 
 def snapshot_paths(config: Config, account_id: str, day: date) -> dict[str, Path]:
@@ -51,116 +69,113 @@ def snapshot_paths(config: Config, account_id: str, day: date) -> dict[str, Path
     return {kind: folder / f"{day.isoformat()}.{kind}.v{VERSION}.parquet" for kind in KINDS}
 
 
-def _day_number(day: date) -> int:
-    return day_window(day)[0] // DAY_US
+def _cell(cells: Cells, key: Any) -> list[int]:
+    cell = cells.get(key)
+    if cell is None:
+        cell = cells[key] = [0] * counters.NX
+    return cell
 
 
-def day_cells(conn: sqlite3.Connection, account_id: str, day: date) -> dict[Row, list[int]]:
-    """Every (user, IDE, language) of the account's day with its figures (FIGURES order), read
-    in one snapshot of the landing database; per user they sum to the report's row."""
-    number = _day_number(day)
+def _add(cells: Cells, key: Any, values: Any) -> None:
+    mine = _cell(cells, key)
+    mine[:] = [a + b for a, b in zip(mine, values, strict=True)]
+
+
+def read_day(conn: sqlite3.Connection, account_id: str, day: date, now: float = 0.0) -> Day:
+    """The account's day from the counters, in one snapshot of the landing database: per user
+    the report's row (and the EXTRA figures), and the breakdown, which sums to the same: what
+    the counters hold beyond the breakdown (kept before it existed) is ``not recorded``."""
+    number = day_window(day)[0] // DAY_US
     args = (account_id, number)
+    d = Day()
     conn.execute("BEGIN")
     try:
-        rows: dict[Row, list[int]] = {
-            (r[0], r[1], r[2]): list(r[3:]) for r in conn.execute(
-                f"SELECT user_id, ide, language, {', '.join(counters.DCOLS)} FROM user_day_dim"
-                " WHERE account_id = ? AND day = ?", args)}
+        d.users = {r[0]: list(r[1:]) for r in conn.execute(
+            f"SELECT user_id, {', '.join(counters.ALL)} FROM user_day"
+            " WHERE account_id = ? AND day = ?", args)}
+        d.dims = {(r[0], r[1]): list(r[2:]) for r in conn.execute(
+            f"SELECT ide, language, {', '.join(counters.DCOLS)} FROM dim_day"
+            " WHERE account_id = ? AND day = ?", args)}
+        d.present = {(r[0], r[1], r[2]) for r in conn.execute(
+            "SELECT ide, language, user_id FROM dim_users WHERE account_id = ? AND day = ?",
+            args)}
         for user, ide, language, n in conn.execute(
                 "SELECT user_id, coalesce(ide, ?), coalesce(language, ?), count(*)"
                 " FROM interactions WHERE account_id = ? AND day = ? GROUP BY 1, 2, 3",
                 (_NR, _NR, *args)):
-            _cell(rows, (user, ide, language))[DISTINCT[0]] += n
-        for user, *rest in conn.execute(_remainder_sql(), (*args, *args)):
-            cell = _cell(rows, (user, _NR, _NR))
-            for index, amount in zip(_UNCOUNTED, rest, strict=True):
-                cell[index] += amount
-        _add_tail(conn, rows, account_id, day)
+            _cell(d.users, user)[_D] += n
+            _cell(d.dims, (ide, language))[_D] += n
+            if ide == _NR:
+                d.present.add((ide, language, user))
+        _add_tail(conn, d, account_id, day)
+        d.settled = settled(conn, account_id, day, now)
     finally:
         conn.execute("COMMIT")
-    return rows
+    _not_recorded(d)
+    return d
 
 
-def _cell(rows: dict[Row, list[int]], key: Row) -> list[int]:
-    cell = rows.get(key)
-    if cell is None:
-        cell = rows[key] = [0] * counters.NX
-    return cell
-
-
-def _remainder_sql() -> str:
-    """Per user, what ``user_day`` holds beyond the breakdown's sums (counters kept before the
-    breakdown existed); only users with a difference."""
-    sums = ", ".join(f"sum(d{i}) AS s{i}" for i in _UNCOUNTED)
-    diff = ", ".join(f"u.c{i} - coalesce(d.s{i}, 0)" for i in _UNCOUNTED)
-    differs = " OR ".join(f"u.c{i} <> coalesce(d.s{i}, 0)" for i in _UNCOUNTED)
-    return (f"SELECT u.user_id, {diff} FROM user_day u LEFT JOIN (SELECT user_id, {sums}"
-            " FROM user_day_dim WHERE account_id = ? AND day = ? GROUP BY user_id) d"
-            " ON d.user_id = u.user_id WHERE u.account_id = ? AND u.day = ?"
-            f" AND ({differs})")
-
-
-def _add_tail(conn: sqlite3.Connection, rows: dict[Row, list[int]], account_id: str,
-              day: date) -> None:
+def _add_tail(conn: sqlite3.Connection, d: Day, account_id: str, day: date) -> None:
     """Add the day's events past the counters' watermark (committed, not yet counted)."""
     start, end = day_window(day)
     tail, _ = counters._tail(conn, "AND account_id = ? AND +received_us >= ?"
                                    " AND +received_us < ?", (account_id, start, end))
-    for (_, _, user, ide, language), cell in tail.dims.items():
-        mine = _cell(rows, (user, ide, language))
-        mine[:] = [a + b for a, b in zip(mine, cell, strict=True)]
+    for (_, _, user), cell in tail.cells.items():
+        _add(d.users, user, cell)
+    for (_, _, ide, language), cell in tail.dims.items():
+        _add(d.dims, (ide, language), cell)
+    d.present |= {(ide, language, user) for _, _, ide, language, user in tail.present}
     for (_, number, user, conversation, message), (ide, language) in tail.interactions.items():
         known = conn.execute(
             "SELECT 1 FROM interactions WHERE account_id = ? AND day = ? AND user_id = ?"
             " AND conversation_id IS ? AND message_id IS ?",
             (account_id, number, user, conversation, message)).fetchone()
         if known is None:
-            _cell(rows, (user, ide, language))[DISTINCT[0]] += 1
+            _cell(d.users, user)[_D] += 1
+            _cell(d.dims, (ide, language))[_D] += 1
 
 
-def to_table(day: date, rows: dict[Row, list[int]]) -> pa.Table:
-    """Rows of one day as Arrow data of :data:`SCHEMA` (users in code-point order)."""
+def _not_recorded(d: Day) -> None:
+    """What the per-user counters hold beyond the breakdown's sums, as ``not recorded``, and
+    the users active with no breakdown row, as active there."""
+    totals = [0] * counters.NX
+    for cell in d.users.values():
+        totals = [a + b for a, b in zip(totals, cell, strict=True)]
+    for cell in d.dims.values():
+        totals = [a - b for a, b in zip(totals, cell, strict=True)]
+    if any(totals[i] for i in _UNCOUNTED):
+        _add(d.dims, (_NR, _NR), [0 if i == _D else v for i, v in enumerate(totals)])
+    seen = {user for _, _, user in d.present}
+    d.present |= {(_NR, _NR, user) for user in d.users if user not in seen}
+
+
+def _columns(rows: list[tuple[Any, ...]], cells: list[list[int]], day: date,
+             schema: pa.Schema) -> pa.Table:
     if not rows:
-        return SCHEMA.empty_table()
-    keys = sorted(rows)
-    columns: list[pa.Array] = [pa.array([day] * len(keys), pa.date32())]
-    columns += [pa.array(c, pa.string()) for c in zip(*keys, strict=True)]
-    columns += [pa.array(c, pa.int64()) for c in zip(*(rows[k] for k in keys), strict=True)]
-    return pa.Table.from_arrays(columns, schema=SCHEMA)
+        return schema.empty_table()
+    columns: list[pa.Array] = [pa.array([day] * len(rows), pa.date32())]
+    columns += [pa.array(c, pa.string()) for c in zip(*rows, strict=True)]
+    if cells:
+        columns += [pa.array(c, pa.int64()) for c in zip(*cells, strict=True)]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _sums() -> str:
-    return ", ".join(f'sum("{f}")::BIGINT AS "{f}"' for f in FIGURES)
+def tables_of(day: date, d: Day) -> dict[str, pa.Table]:
+    """The day's three tables (users and keys in code-point order)."""
+    users = sorted(d.users)
+    dims = sorted(d.dims)
+    present = sorted(d.present)
+    return {
+        "users": _columns([(u,) for u in users], [d.users[u] for u in users], day,
+                          SCHEMAS["users"]),
+        "dimsums": _columns(dims, [d.dims[k] for k in dims], day, SCHEMAS["dimsums"]),
+        "dimusers": _columns(present, [], day, SCHEMAS["dimusers"]),
+    }
 
 
-#: the three tables of a day, derived from its rows at the breakdown's grain ("dims"): one row
-#: per user ("users": active users are its rows), and the sums per IDE and language
-#: ("dimsums"); the overview reads the small ones, a user's page the rows of that user
-DERIVED = {
-    "users": f"SELECT day, user_id, {_sums()} FROM dims GROUP BY day, user_id ORDER BY user_id",
-    "dimsums": f"SELECT day, ide, language, {_sums()} FROM dims GROUP BY day, ide, language"
-               " ORDER BY ide, language",
-}
-KINDS = ("dims", "dimsums", "users")  # the order they are written in: users last
-
-
-def tables_of(dims: pa.Table) -> dict[str, pa.Table]:
-    """The day's three tables from its rows at the breakdown's grain."""
-    con = duckdb.connect(config={"threads": 1})
-    try:
-        con.register("dims", dims)
-        out = {"dims": dims}
-        for kind, sql in DERIVED.items():
-            out[kind] = con.sql(sql).to_arrow_table()
-        return out
-    finally:
-        con.close()
-
-
-@functools.cache
 def empty() -> dict[str, pa.Table]:
     """The three tables of a day without activity (their schemas)."""
-    return tables_of(SCHEMA.empty_table())
+    return {kind: schema.empty_table() for kind, schema in SCHEMAS.items()}
 
 
 def settled(conn: sqlite3.Connection, account_id: str, day: date, now: float) -> bool:
@@ -189,6 +204,16 @@ def write_snapshot(paths: dict[str, Path], tables: dict[str, pa.Table]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    fd = os.open(paths["users"].parent, os.O_RDONLY)  # the renames survive a power loss
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def complete(paths: dict[str, Path]) -> bool:
+    """Whether a day's snapshot is all there (a missing file: it is written again)."""
+    return all(p.exists() for p in paths.values())
 
 
 def _snapshot(config: Config, conn: sqlite3.Connection, account_id: str, day: date,
@@ -196,16 +221,16 @@ def _snapshot(config: Config, conn: sqlite3.Connection, account_id: str, day: da
     """The day's snapshot files (written now if the day has settled), or its live tables
     (None for a day without activity)."""
     paths = snapshot_paths(config, account_id, day)
-    if paths["users"].exists():
+    if complete(paths):
         return paths, None
-    dims = to_table(day, day_cells(conn, account_id, day))
-    if not dims.num_rows:
+    d = read_day(conn, account_id, day, now)
+    tables = tables_of(day, d)
+    if not tables["users"].num_rows:
         return None, None  # an empty day costs nothing to read again: no file for it
-    tables = tables_of(dims)
-    if not settled(conn, account_id, day, now):
+    if not d.settled:
         return None, tables
     with _write_lock:
-        if not paths["users"].exists():
+        if not complete(paths):
             write_snapshot(paths, tables)
     return paths, None
 
@@ -219,7 +244,7 @@ def warm(config: Config, account_id: str, days: list[date], now: float) -> int:
     written = 0
     try:
         for day in days:
-            if snapshot_paths(config, account_id, day)["users"].exists() or not settled(
+            if complete(snapshot_paths(config, account_id, day)) or not settled(
                     conn, account_id, day, now):
                 continue
             paths, _ = _snapshot(config, conn, account_id, day, now)
