@@ -3,9 +3,9 @@
     python bench/dashboard.py [--users 10000] [--days 90] [--rounds 5]
 
 Setup (not timed): the counters written straight into a landing log, as the writer keeps them:
-per user and day one ``user_day`` row and two ``user_day_dim`` rows (two IDE/language pairs),
-random amounts (the per-user rows are the sums of the breakdown rows, as the writer keeps
-them). Timed, in this process, median of rounds:
+per user and day one ``user_day`` row of random amounts; the breakdown (``dim_day``) their sums
+per IDE and language, half the users in each of two, and ``dim_users`` who is in which. Timed,
+in this process, median of rounds:
 
 - cold overview: the first view of the range, which reads each day from the counters and writes
   its Parquet snapshot (once per day; the daily run does it for a running service);
@@ -44,18 +44,21 @@ def setup(config: Config, users: int, days: int) -> None:
     conn = landing.connect(config.landing_db)
     conn.execute("PRAGMA synchronous=OFF")
     first = (LAST - timedelta(days=days - 1) - date(1970, 1, 1)).days
-    dcells = ", ".join("0" if i in DISTINCT else "abs(random() % 20)"
-                       for i in range(len(counters.DCOLS)))
-    sums = ", ".join(f"sum(d{i})" for i in range(len(counters.COLS)))
+    cells = ", ".join("0" if i in DISTINCT else "abs(random() % 40)"
+                      for i in range(len(counters.ALL)))
+    sums = ", ".join(f"sum({c})" for c in counters.ALL)
     grid = (f"WITH RECURSIVE d(x) AS (SELECT {first} UNION ALL SELECT x + 1 FROM d WHERE x < "
             f"{first + days - 1}), u(y) AS (SELECT 0 UNION ALL SELECT y + 1 FROM u WHERE y < "
             f"{users - 1})")
+    dim = ("CASE WHEN user_id GLOB '*[02468]' THEN 'VSCODE' ELSE 'JETBRAINS' END",
+           "CASE WHEN user_id GLOB '*[02468]' THEN 'python' ELSE 'java' END")
     conn.execute("BEGIN")
-    for ide, lang in (("VSCODE", "python"), ("JETBRAINS", "java")):
-        conn.execute(f"{grid} INSERT INTO user_day_dim SELECT '{ACCOUNT}', x,"
-                     f" printf('user-%05d', y), '{ide}', '{lang}', {dcells} FROM d, u")
-    conn.execute(f"INSERT INTO user_day SELECT account_id, day, user_id, {sums}"
-                 " FROM user_day_dim GROUP BY account_id, day, user_id")
+    conn.execute(f"{grid} INSERT INTO user_day SELECT '{ACCOUNT}', x, printf('user-%05d', y),"
+                 f" {cells} FROM d, u")
+    conn.execute(f"INSERT INTO dim_day SELECT account_id, day, {dim[0]}, {dim[1]}, {sums}"
+                 " FROM user_day GROUP BY 1, 2, 3, 4")
+    conn.execute(f"INSERT INTO dim_users SELECT account_id, day, {dim[0]}, {dim[1]}, user_id"
+                 " FROM user_day")
     conn.execute("COMMIT")
     conn.close()
 

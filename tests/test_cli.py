@@ -127,7 +127,7 @@ def test_bad_user_ids_and_damaged_databases_give_one_line_errors(tmp_path: Path)
     """#13: C1 controls and undecodable bytes in user ids, and a damaged database, gave
     tracebacks (or were let in) instead of one line naming the value or the file."""
     assert cli(tmp_path, "accounts", "add", ACCOUNT, "--region", "us-east-1").returncode == 0
-    for bad in ("\x85alice", "bob\x9f", "\udcff\udcfe"):
+    for bad in ("\x85alice", "bob\x9f", "\udcff\udcfe", "eve\u202elice"):  # and bidi controls
         r = subprocess.run([sys.executable, "-m", "kiro_activity", "--data-dir", str(tmp_path),
                             "tokens", "issue", "--account", ACCOUNT, "--user", bad],
                            capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"},

@@ -124,7 +124,10 @@ PROFILE_ARN_RE = re.compile(
 )
 TOKEN_PREFIX = "kat_"
 TOKEN_LENGTH = len(TOKEN_PREFIX) + 43  # 32 random bytes, base64url
-USER_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,256}")  # no C0/C1, no surrogates
+#: no C0/C1 controls, no surrogates, no bidirectional controls (with those, one user id can be
+#: made to look like another on the dashboard and in a spreadsheet)
+USER_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e"
+                     r"\u2066-\u2069]{1,256}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +326,8 @@ def _check_names(names: list[str]) -> None:
         if not USER_RE.fullmatch(name) or name != name.strip():
             raise UsageError(
                 f"user id {name!r} must be 1-256 characters of valid UTF-8, without control "
-                "characters (U+0000-U+001F, U+007F-U+009F) or surrounding spaces"
+                "characters (U+0000-U+001F, U+007F-U+009F), bidirectional controls "
+                "(U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069) or surrounding spaces"
             )
 
 
