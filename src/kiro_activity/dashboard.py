@@ -23,7 +23,7 @@ from . import daily, usage
 from .breakdown import NOT_RECORDED
 from .config import Config
 from .errors import UsageError
-from .metrics import AI_LINES, EXTRA, METRICS, RATES, column_metric, metric_columns
+from .metrics import AI_LINES, EXTRA, METRICS, RATES, Rate, column_metric, metric_columns
 from .report import _quoted, neutralise
 
 MAX_DAYS = 366
@@ -184,7 +184,7 @@ def _ai_lines(values: dict[str, int]) -> list[dict[str, Any]]:
             for label, names in AI_LINES]
 
 
-def _rate_sql(rate: Any) -> str:
+def _rate_sql(rate: Rate) -> str:
     num = " + ".join(f'"{n}"' for n in rate.numerator)
     den = " + ".join(f'"{n}"' for n in rate.denominator)
     return f"CASE WHEN ({den}) = 0 THEN NULL ELSE ({num}) / ({den}) END"
@@ -206,14 +206,12 @@ def users(config: Config, account_id: str, r: Range, now: float, *, search: str 
     with _duck(config, account_id, r, now, cached=False) as con:
         con.execute(f"CREATE TEMP TABLE t AS SELECT *, {rates} FROM ({per_user})", args)
         count = con.execute("SELECT count(*) FROM t").fetchone()
+        assert count is not None
+        pages = max(1, -(-int(count[0]) // size))
+        page = min(page, pages)  # past the last page (the table shrank, or a hand-made link)
         rows = con.execute(
             f"SELECT * FROM t ORDER BY \"{sort}\" {order} NULLS LAST, user_id LIMIT ? OFFSET ?",
             [size, (page - 1) * size]).fetchall()
-    assert count is not None
-    pages = max(1, -(-int(count[0]) // size))
-    if page > pages:  # past the last page (the table shrank, or a hand-made link)
-        return users(config, account_id, r, now, search=search, sort=sort,
-                     descending=descending, page=pages, size=size)
     out = []
     for row in rows:
         values = _named(row[2:2 + len(SUMMED)])
@@ -287,9 +285,13 @@ def definitions() -> dict[str, Any]:
     return {"figures": figures, "rates": rates}
 
 
-def renamed(values: dict[str, Any], layout: str) -> dict[str, Any]:
-    """The figures with the metric names of the layout's CSV header."""
-    names = dict(zip(column_metric(layout), metric_columns(layout), strict=True))
+def csv_names(layout: str) -> dict[str, str]:
+    """Each metric's name in the layout's CSV header."""
+    return dict(zip(column_metric(layout), metric_columns(layout), strict=True))
+
+
+def renamed(values: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """The figures with the metric names of a CSV header (see :func:`csv_names`)."""
     return {names.get(k, k): v for k, v in values.items()}
 
 
@@ -310,12 +312,13 @@ def document(config: Config, conn: sqlite3.Connection, account_id: str, layout: 
     with the totals, rates, breakdowns, idle seats and freshness of the range."""
     data = page_data(config, conn, account_id, r, now, with_users=True)
     per_user = data.pop("per_user")
+    names = csv_names(layout)
     return {
         "account_id": account_id, "from": r.first.isoformat(), "to": r.last.isoformat(),
         "layout": layout,
-        "days": [renamed(d, layout) for d in data.pop("days")],
-        "users": [{"user_id": u, **renamed(v, layout)} for u, v in per_user],
-        "totals": renamed(data.pop("totals"), layout),
+        "days": [renamed(d, names) for d in data.pop("days")],
+        "users": [{"user_id": u, **renamed(v, names)} for u, v in per_user],
+        "totals": renamed(data.pop("totals"), names),
         **data,
     }
 

@@ -193,8 +193,8 @@ _write_lock = threading.Lock()
 
 
 def write_snapshot(paths: dict[str, Path], tables: dict[str, pa.Table]) -> None:
-    """Write a day's tables, each atomically and the per-user one last: a day whose ``users``
-    file exists is complete."""
+    """Write a day's tables, each atomically (a reader sees a whole file or none); a day with
+    a file missing is not :func:`complete` and is written again."""
     for kind in KINDS:
         path = paths[kind]
         path.parent.mkdir(parents=True, exist_ok=True)
