@@ -123,10 +123,10 @@ def test_change_settings_lists_every_problem_and_saves_nothing(server: Server) -
 
 def test_change_settings_saves_and_audits(server: Server) -> None:
     token = server.admin_token("grace", ACCOUNT)
-    r = call(server, "PATCH", f"{A}/settings", token, {"enabled": True, "layout": "delivered"})
+    r = call(server, "PATCH", f"{A}/settings", token, {"enabled": True, "layout": "documented"})
     assert r.status_code == 200, r.text
     saved = r.json()["settings"]
-    assert saved["enabled"] is True and saved["layout"] == "delivered"
+    assert saved["enabled"] is True and saved["layout"] == "documented"
     assert r.json()["validation"]["valid"] is True
     got = call(server, "GET", f"{A}/settings", token).json()
     assert got["settings"] == saved
@@ -136,10 +136,10 @@ def test_change_settings_saves_and_audits(server: Server) -> None:
     newest = entries[0]
     assert newest["action"] == "settings.update"
     assert newest["actor"].startswith("admin:grace (token ")
-    assert newest["after"] == {"enabled": True, "layout": "delivered"}
-    assert newest["before"]["layout"] == "documented"
+    assert newest["after"] == {"enabled": True, "layout": "documented"}
+    assert newest["before"]["layout"] == "delivered"
     # the same change again changes nothing and adds no audit entry
-    call(server, "PATCH", f"{A}/settings", token, {"layout": "delivered"})
+    call(server, "PATCH", f"{A}/settings", token, {"layout": "documented"})
     assert call(server, "GET", f"{A}/audit", token).json()["entries"][0]["id"] == newest["id"]
     # the other account is untouched
     conn = store.connect(server.config.control_db)

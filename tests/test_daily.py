@@ -185,8 +185,8 @@ def test_s3_outage_that_ends_and_configuration_errors(config: Config, aws_env: N
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
     base = f"user-activity-reports/AWSLogs/{ACCOUNT}/KiroLogs/by_user_analytic"
     assert keys == [
-        f"{base}/us-east-1/2026/11/30/00/{ACCOUNT}_by_user_analytic_202611300000_part_1.csv",
-        f"{base}/us-east-1/2026/11/30/00/{ACCOUNT}_by_user_analytic_202611300000_part_2.csv",
+        f"{base}/us-east-1/2026/11/30/00/{ACCOUNT}_by_user_analytic_202611300000_report_part_1.csv",
+        f"{base}/us-east-1/2026/11/30/00/{ACCOUNT}_by_user_analytic_202611300000_report_part_2.csv",
         f"{base}_manifest/us-east-1/2026/11/30/{ACCOUNT}_manifest_202611300000.json",
     ]
     s3.close()
@@ -254,7 +254,7 @@ def test_no_manifest_when_the_policy_allows_only_the_csv_files(
     assert out.state == "delivered"
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == [f"reports/AWSLogs/{ACCOUNT}/KiroLogs/by_user_analytic/us-east-1/2026/11/30/"
-                    f"00/{ACCOUNT}_by_user_analytic_202611300000.csv"]
+                    f"00/{ACCOUNT}_by_user_analytic_202611300000_report.csv"]
     # the admin widens the policy; validate notices, and the next day gets its manifest again
     s3.put_bucket_policy(Bucket=bucket, Policy=orjson.dumps(location.documented_policy(
         bucket, "reports", store.require_account(conn, ACCOUNT))).decode())

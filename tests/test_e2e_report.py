@@ -192,7 +192,7 @@ def test_reports_delivered_at_midnight(tmp_path: Path, aws_env: None, moto_url: 
                f"{ACCOUNT}_by_user_analytic_202611300000.csv")
         rows = read_csv(s3, buckets[ACCOUNT], key)
         assert [r["UserId"] for r in rows] == ["alice", "bob"]
-        assert list(rows[0]) == metrics.header()
+        assert list(rows[0]) == metrics.header("documented")
         assert rows[0]["Date"] == rows[1]["Date"] == "11-30-2026"
         assert {k: int(v) for k, v in rows[0].items() if k not in ("UserId", "Date")} == ALICE
         assert all(rows[1][m.name] == "0" for m in metrics.METRICS)

@@ -38,8 +38,8 @@ def test_parts_of_1000_users(users: int, parts: list[int]) -> None:
     for n, part in enumerate(drop.parts, 1):
         assert part.data.startswith(header)
         assert part.data.count(b"\n") == part.rows + 1
-        suffix = f"_part_{n}" if len(parts) > 1 else ""
-        assert part.key.endswith(f"_by_user_analytic_202611300000{suffix}.csv")
+        suffix = f"_part_{n}" if len(parts) > 1 else ""  # the default layout: delivered
+        assert part.key.endswith(f"_by_user_analytic_202611300000_report{suffix}.csv")
     # split in UserId order: the parts concatenated are the sorted users
     users_in = [line.split(b",")[0] for p in drop.parts for line in p.data.splitlines()[1:]]
     assert users_in == [f'"user{i:05d}"'.encode() for i in range(users)]

@@ -56,7 +56,7 @@ def test_each_setting_is_documented_everywhere(setting: settings.Setting, tmp_pa
 
 def test_the_spec_settings_are_the_table() -> None:
     """The settings of spec/settings.md, with their defaults."""
-    expected = {"enabled": False, "s3_uri": None, "layout": "documented", "sse": "AES256",
+    expected = {"enabled": False, "s3_uri": None, "layout": "delivered", "sse": "AES256",
                 "kms_key_arn": None}
     assert {s.name: s.default for s in settings.SETTINGS} == expected
     assert settings.Settings(ACCOUNT).values() == expected
@@ -148,9 +148,9 @@ def test_kms_key_of_the_region_is_saved(conn: Any) -> None:
 
 def test_cli_set_show_validate_and_audit(tmp_path: Path) -> None:
     setup_accounts(tmp_path)
-    r = cli(tmp_path, "settings", "set", ACCOUNT, "--enable", "--layout", "delivered")
+    r = cli(tmp_path, "settings", "set", ACCOUNT, "--enable", "--layout", "documented")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["layout"] == "delivered"
+    assert json.loads(r.stdout)["layout"] == "documented"
     r = cli(tmp_path, "settings", "set", ACCOUNT, "--s3-uri", "s3://UPPER/", "--sse", "aws:kms")
     assert r.returncode == 1
     assert "settings not saved" in r.stderr and "problem [uri]" in r.stderr
@@ -161,7 +161,7 @@ def test_cli_set_show_validate_and_audit(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stdout.strip() == "valid"
     r = cli(tmp_path, "audit", ACCOUNT, "--json")
     [entry] = json.loads(r.stdout)
-    assert entry["actor"].startswith("cli:") and entry["after"]["layout"] == "delivered"
+    assert entry["actor"].startswith("cli:") and entry["after"]["layout"] == "documented"
     r = cli(tmp_path, "audit", OTHER_ACCOUNT, "--json")
     assert json.loads(r.stdout) == []
 
@@ -229,20 +229,20 @@ def test_reports_can_be_turned_off_when_the_location_fails(conn: Any) -> None:
     with pytest.raises(SettingsRejected):  # switching them on again checks the bucket
         save(conn, {"enabled": True}, failing)
     with pytest.raises(SettingsRejected):  # so does changing where the files go
-        save(conn, {"layout": "delivered"}, failing)
+        save(conn, {"layout": "documented"}, failing)
 
 
 def test_a_change_saved_meanwhile_is_not_undone(conn: Any) -> None:
     """While one admin's location is being checked, another admin changes the location: the
     first save is refused (409 over HTTP) instead of silently undoing the second."""
     def slow_checker(uri: str, account: Account, **kw: Any) -> location.LocationReport:
-        save(conn, {"layout": "delivered"})  # the other admin, during the check
+        save(conn, {"layout": "documented"})  # the other admin, during the check
         return location.LocationReport([], [], manifest_allowed=True)
 
     with pytest.raises(SettingsConflict):
         save(conn, {"s3_uri": "s3://bucket-name/p/"}, slow_checker)
     s = settings.get(conn, ACCOUNT)
-    assert s.layout == "delivered" and s.s3_uri is None
+    assert s.layout == "documented" and s.s3_uri is None
     # a change of other settings meanwhile is kept, and the audit says who did what
     def switcher(uri: str, account: Account, **kw: Any) -> location.LocationReport:
         settings.update(conn, ACCOUNT, {"enabled": False}, actor="other", now=1.0,

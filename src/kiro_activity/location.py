@@ -23,6 +23,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from .metrics import DEFAULT_LAYOUT
 from .policy import Request, Verdict, evaluate
 from .report import csv_key, manifest_key
 from .s3uri import kms_problems, split_location, uri_problems
@@ -428,7 +429,7 @@ def _check_remote(found: _Findings, client: Any | None, t: _Target,
             s3.close()
 
 
-def check_location(uri: str, account: Account, *, layout: str = "documented",
+def check_location(uri: str, account: Account, *, layout: str = DEFAULT_LAYOUT,
                    sse: str = "AES256", kms_key_arn: str | None = None,
                    writer: str = DEFAULT_WRITER,
                    policy: Mapping[str, Any] | str | bytes | None = None,

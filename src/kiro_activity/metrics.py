@@ -23,6 +23,15 @@ AMOUNT_MAX = 2**31 - 1
 #: overflowing; out of reach with bounded amounts (it takes 2**32 events of one user-day)
 SUM_MAX = 2**63 - 1
 LAYOUTS = ("documented", "delivered")
+#: the layout of a new account: the delivered objects' column names, order and file names, which
+#: the importers of these reports read (by name, or by position in that order); `documented`
+#: gives them wrong numbers without an error (one column renamed, four read shifted)
+DEFAULT_LAYOUT = "delivered"
+#: the ``Date`` cell, as in the real objects: month first (``12-02-2026`` is 2 December).
+#: Readers that guess the format take it for 12 February when day and month are both <= 12, so
+#: the manifest and metrics.json name it, for strptime/DuckDB/pandas and for Athena
+DATE_FORMAT = "%m-%d-%Y"
+DATE_FORMAT_ATHENA = "MM-dd-yyyy"
 #: the only column that differs between the layouts
 RENAMED = {"delivered": {"InlineChat_EventCount": "InlineChat_TotalEventCount"}}
 
@@ -232,24 +241,24 @@ AI_LINES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def metric_columns(layout: str = "documented") -> list[str]:
+def metric_columns(layout: str = DEFAULT_LAYOUT) -> list[str]:
     """The metric columns of a layout, each its own name there, sorted by code point."""
     renamed = RENAMED.get(layout, {})
     return sorted(renamed.get(m.name, m.name) for m in METRICS)
 
 
-def column_metric(layout: str = "documented") -> list[str]:
+def column_metric(layout: str = DEFAULT_LAYOUT) -> list[str]:
     """For each metric column of the layout (in order), the metric's canonical name."""
     back = {v: k for k, v in RENAMED.get(layout, {}).items()}
     return [back.get(c, c) for c in metric_columns(layout)]
 
 
-def column_order(layout: str = "documented") -> list[int]:
+def column_order(layout: str = DEFAULT_LAYOUT) -> list[int]:
     """For each metric column of the layout, its index in METRICS."""
     return [INDEX[name] for name in column_metric(layout)]
 
 
-def header(layout: str = "documented") -> list[str]:
+def header(layout: str = DEFAULT_LAYOUT) -> list[str]:
     return ["UserId", "Date", *metric_columns(layout)]
 
 
@@ -274,6 +283,8 @@ def definitions() -> dict[str, Any]:
     return {
         "version": 1,
         "layouts": {layout: header(layout) for layout in LAYOUTS},
+        "default_layout": DEFAULT_LAYOUT,
+        "date": {"column": "Date", "format": DATE_FORMAT, "athena": DATE_FORMAT_ATHENA},
         "metrics": [{"name": m.name, "description": m.description, "rule": m.rule.text(),
                      "members": list(m.rule.members), "aggregation": m.rule.agg}
                     for m in METRICS],

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from .aggregate import DayAggregate
-from .metrics import LAYOUTS, column_order, header
+from .metrics import DATE_FORMAT, DEFAULT_LAYOUT, LAYOUTS, column_order, header
 
 PART_SIZE = 1000
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -106,7 +106,7 @@ def render_part(rows: list[tuple[str, str]], day: date,
                 layout: str) -> tuple[bytes, list[int]]:
     """One CSV file: the header and the rows (user, metric cells already comma-joined in the
     layout's order); returns the bytes and the numbers of the neutralised rows."""
-    date_cell = f",{day:%m-%d-%Y},"
+    date_cell = f",{day.strftime(DATE_FORMAT)},"
     lines = [",".join(header(layout))]
     neutralised = []
     for number, (user_id, cells) in enumerate(rows, 1):
@@ -127,7 +127,7 @@ def cells_of(agg: DayAggregate, layout: str) -> list[tuple[str, str]]:
     return [(user, ",".join([str(values[i]) for i in order])) for user, values in agg.rows]
 
 
-def build_drop(agg: DayAggregate, *, region: str, prefix: str | None, layout: str = "documented",
+def build_drop(agg: DayAggregate, *, region: str, prefix: str | None, layout: str = DEFAULT_LAYOUT,
                generated_at: datetime, partial: bool = False, manifest: bool = True) -> Drop:
     """The day's objects, split into parts of 1,000 users, with the manifest last."""
     if layout not in LAYOUTS:
@@ -164,6 +164,7 @@ def _manifest(drop: Drop, agg: DayAggregate, region: str, generated_at: datetime
         "receipt_window": {"start": _iso(agg.window[0]), "end": _iso(agg.window[1])},
         "generated_at": generated_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "partial": partial, "users": drop.users, "events": drop.events,
+        "columns": header(drop.layout), "date_format": DATE_FORMAT,
         "parts": [{"key": p.key, "rows": p.rows, "bytes": len(p.data), "sha256": p.sha256}
                   for p in drop.parts],
         "neutralised_user_ids": drop.neutralised,

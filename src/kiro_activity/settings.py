@@ -19,7 +19,7 @@ from typing import Any
 from . import location, s3uri
 from .audit import record
 from .errors import SettingsConflict, SettingsRejected
-from .metrics import LAYOUTS
+from .metrics import DEFAULT_LAYOUT, LAYOUTS
 from .store import require_account, transaction
 
 
@@ -50,9 +50,11 @@ SETTINGS: tuple[Setting, ...] = (
             "whose policy lets the report writer put objects under the prefix. None (an empty "
             "value): the local folder DATA_DIR/reports.",
             example="s3://amzn-s3-demo-bucket/user-activity-reports/"),
-    Setting("layout", "choice", "documented",
-            "CSV layout and file names: 'documented' (as the user guide describes) or "
-            "'delivered' (as the service actually delivers).", choices=LAYOUTS),
+    Setting("layout", "choice", DEFAULT_LAYOUT,
+            "CSV layout and file names: 'delivered' (the column names, order and file names of "
+            "the objects the service actually delivers, which importers of these reports read) "
+            "or 'documented' (as the user guide names things; importers that go by the "
+            "delivered objects read wrong numbers from it).", choices=LAYOUTS),
     Setting("sse", "choice", "AES256",
             "Server-side encryption of the report objects.", choices=("AES256", "aws:kms")),
     Setting("kms_key_arn", "text", None,
@@ -70,7 +72,7 @@ class Settings:
     account_id: str
     enabled: bool = False
     s3_uri: str | None = None
-    layout: str = "documented"
+    layout: str = DEFAULT_LAYOUT
     sse: str = "AES256"
     kms_key_arn: str | None = None
     enabled_since: date | None = None

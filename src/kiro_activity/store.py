@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS settings (
     account_id     TEXT PRIMARY KEY REFERENCES accounts(account_id),
     enabled        INTEGER NOT NULL DEFAULT 0,
     s3_uri         TEXT,
-    layout         TEXT NOT NULL DEFAULT 'documented',
+    layout         TEXT NOT NULL DEFAULT 'delivered',
     sse            TEXT NOT NULL DEFAULT 'AES256',
     kms_key_arn    TEXT,
     enabled_since  TEXT,
