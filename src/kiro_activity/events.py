@@ -1,4 +1,4 @@
-"""Validation of the ``SendTelemetryEvent`` body (/work/shared/spec/telemetry.md is the contract).
+"""Validation of the ``SendTelemetryEvent`` body (the wire protocol is described in docs/protocol.md).
 
 Strict on structure, lenient on values: an object whose ``telemetryEvent`` holds exactly one of the
 25 members; required fields present (JSON ``null`` = absent) with the right JSON type; integers
