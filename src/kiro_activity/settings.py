@@ -3,8 +3,9 @@
 :data:`SETTINGS` is the one place a setting is described (name, type, default, help, choices);
 the CLI options, the admin API's JSON schema, the web form and ``docs/settings.md`` are all
 derived from it. Saving validates everything first, S3 location included
-(:func:`.location.check_location`, checks 1-4 of docs/location-checks.md), and either saves (with the warnings,
-which are kept and shown) or refuses with every problem listed and changes nothing.
+(:func:`.location.check_location`, checks 1-4 of docs/location-checks.md), and either saves
+(with the warnings, which are kept and shown) or refuses with every problem listed and changes
+nothing.
 """
 
 from __future__ import annotations
