@@ -1,4 +1,4 @@
-"""Tests for the bucket-policy evaluator (settings spec, item 4)."""
+"""Tests for the bucket-policy evaluator (check 4 of docs/location-checks.md)."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ def test_each_setting_is_documented_everywhere(setting: settings.Setting, tmp_pa
 
 
 def test_the_spec_settings_are_the_table() -> None:
-    """The settings of spec/settings.md, with their defaults."""
+    """The settings of docs/settings.md, with their defaults."""
     expected = {"enabled": False, "s3_uri": None, "layout": "delivered", "sse": "AES256",
                 "kms_key_arn": None}
     assert {s.name: s.default for s in settings.SETTINGS} == expected

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-#: ``userContext.ideCategory`` as the clients send it (the telemetry spec's enum)
+#: ``userContext.ideCategory`` as the clients send it (their enum, docs/protocol.md)
 IDES = frozenset({"JETBRAINS", "VSCODE", "CLI", "JUPYTER_MD", "JUPYTER_SM", "ECLIPSE",
                   "VISUAL_STUDIO"})
 #: ``programmingLanguage.languageName`` values of the clients' language ids, lower-cased

@@ -328,7 +328,7 @@ def settings_set(ctx: click.Context, /, account_id: str, policy_file: Path | Non
                  **values: Any) -> None:
     """Validate and save settings; refuse with every problem listed (exit 1).
 
-    The S3 location is checked as the settings spec says: the URI and prefix, the bucket's
+    The S3 location is checked as docs/location-checks.md says: the URI and prefix, the bucket's
     Region and owner, and its bucket policy (read with your own AWS credentials, or from
     --policy-file). Warnings are saved, shown, and do not refuse.
     """

@@ -51,8 +51,9 @@ class Config:
     max_group_commit: int = 4096
     #: produce and deliver reports at 00:00 UTC from the running service
     schedule: bool = True
-    #: the principal the bucket policy must let put report objects (settings spec, check 4): the
-    #: service principal of the product documentation, or a self-hosted writer's IAM role ARN
+    #: the principal the bucket policy must let put report objects (docs/location-checks.md,
+    #: check 4): the service principal of the product documentation, or a self-hosted writer's
+    #: IAM role ARN
     writer_principal: str = "q.amazonaws.com"
     #: answer single telemetry events straight from the HTTP parser (:mod:`.fastpath`)
     fast_path: bool = True

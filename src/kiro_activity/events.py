@@ -1,4 +1,4 @@
-"""Validation of the ``SendTelemetryEvent`` body (the wire protocol is described in docs/protocol.md).
+"""Validation of the ``SendTelemetryEvent`` body (the wire protocol: docs/protocol.md).
 
 Strict on structure, lenient on values: an object whose ``telemetryEvent`` holds exactly one of the
 25 members; required fields present (JSON ``null`` = absent) with the right JSON type; integers
@@ -7,7 +7,7 @@ are kept. Every problem is listed in one ``ValidationError``. The members are ke
 (``_TABLE`` -> ``MEMBERS``); the validator and ``openapi_components()`` derive from it.
 
 Speed (timeit best-of-9, CPython 3.11, a slow 2-vCPU VM where ``orjson.loads`` of the example
-takes 1.5 us): ``validate_request`` of the spec's example body (userTriggerDecisionEvent +
+takes 1.5 us): ``validate_request`` of a typical body (userTriggerDecisionEvent +
 userContext + profileArn) ~5.4 us; a bare userTriggerDecisionEvent body ~4.3 us; a
 chatAddMessageEvent with 50 timeBetweenChunks ~7 us; ``parse_request`` of the example ~7.5 us.
 """
@@ -45,7 +45,7 @@ class FieldSpec:
 
 @dataclass(frozen=True, slots=True)
 class MemberSpec:
-    """One ``TelemetryEvent`` member and its fields, in spec order."""
+    """One ``TelemetryEvent`` member and its fields, in the clients' service-model order."""
 
     name: str
     fields: tuple[FieldSpec, ...]
@@ -57,7 +57,8 @@ class MemberSpec:
 
 # The 25 members: a line per member (continued by indented lines), then field tokens
 # ``name[*][:kind[:max_len]]``; ``*`` = required, kind defaults to ``str``.
-# Kind decisions where the spec's table does not type a field (from its "Types" paragraph):
+# Kind decisions where the clients' service model does not type a field (the typing rules are
+# in docs/protocol.md):
 # - ``timestamp`` -> number (epoch seconds, may be fractional); ``date`` -> str (YYYY-MM-DD).
 # - lengths/counts -> count: ``generatedLine``, ``inputLength``, ``requestLength``,
 #   ``responseLength``, ``activeEditorTotalCharacters``, ``numSelectedLines``, ``numSuggestion…``.

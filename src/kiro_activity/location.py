@@ -1,4 +1,4 @@
-"""Is an S3 location fit for an account's reports? (settings spec, "Validating an S3 location").
+"""Is an S3 location fit for an account's reports? (docs/location-checks.md).
 
 ``check_location`` runs the checks in order and lists every finding:
 
@@ -434,7 +434,8 @@ def check_location(uri: str, account: Account, *, layout: str = DEFAULT_LAYOUT,
                    writer: str = DEFAULT_WRITER,
                    policy: Mapping[str, Any] | str | bytes | None = None,
                    client: Any | None = None, today: date | None = None) -> LocationReport:
-    """Checks 1-4 of the spec (and the KMS key) for ``uri`` as ``account``'s report location.
+    """Checks 1-4 of docs/location-checks.md (and the KMS key) for ``uri`` as ``account``'s
+    report location.
 
     ``client`` is an S3 client with the administrator's credentials (None: boto3's default
     chain); ``policy`` replaces the bucket's own policy (a mapping, or JSON text or bytes)."""

@@ -158,7 +158,7 @@ def admin_paths() -> dict[str, Any]:
         f"{a}/settings": {
             "get": _admin("The account's settings and their JSON schema"),
             "patch": _admin("Validate and save settings (S3 location checks 1-4 of the "
-                            "settings spec); refused with every problem, nothing saved",
+                            "docs/location-checks.md); refused with every problem, nothing saved",
                             change),
         },
         f"{a}/settings/validate": {"post": _admin(

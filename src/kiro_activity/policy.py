@@ -1,4 +1,4 @@
-"""A small, pure evaluator of an S3 bucket policy for one request (settings spec, item 4).
+"""A small, pure evaluator of an S3 bucket policy for one request (docs/location-checks.md, 4).
 
 ``evaluate(policy, request)`` applies the standard IAM logic: an explicit ``Deny`` that matches
 wins; otherwise an ``Allow`` must match; otherwise the request is denied.

@@ -1,4 +1,4 @@
-"""Check 1 of the settings spec, pure: is ``s3://bucket/prefix/`` a location reports can use?
+"""Check 1 of docs/location-checks.md, pure: is ``s3://bucket/prefix/`` a location reports can use?
 
 Also the KMS key rule (a full key ARN in the account's Region). Nothing here reaches AWS; the
 checks that look at the bucket are in :mod:`.location`.

@@ -3,8 +3,9 @@
 :data:`SETTINGS` is the one place a setting is described (name, type, default, help, choices);
 the CLI options, the admin API's JSON schema, the web form and ``docs/settings.md`` are all
 derived from it. Saving validates everything first, S3 location included
-(:func:`.location.check_location`, the spec's checks 1-4), and either saves (with the warnings,
-which are kept and shown) or refuses with every problem listed and changes nothing.
+(:func:`.location.check_location`, checks 1-4 of docs/location-checks.md), and either saves
+(with the warnings, which are kept and shown) or refuses with every problem listed and changes
+nothing.
 """
 
 from __future__ import annotations
@@ -125,10 +126,11 @@ def docs_markdown() -> str:
         lines.append(f"| `{s.name}` | `{s.flag}` | {kind} | {default} | {s.help} |")
     lines += [
         "",
-        "A location is saved only when it passes the checks of the settings spec: the URI and "
-        "prefix rules, the bucket's Region, its owner, and the bucket policy evaluated for the "
-        "report writer (`KIRO_ACTIVITY_WRITER_PRINCIPAL`, default `q.amazonaws.com`). "
-        "Warnings are saved and shown; `kiro-activity settings validate` runs the checks again.",
+        "A location is saved only when it passes the checks described in "
+        "[location-checks.md](location-checks.md): the URI and prefix rules, the bucket's "
+        "Region, its owner, and the bucket policy evaluated for the report writer "
+        "(`KIRO_ACTIVITY_WRITER_PRINCIPAL`, default `q.amazonaws.com`). Warnings are saved and "
+        "shown; `kiro-activity settings validate` runs the checks again.",
         "",
     ]
     return "\n".join(lines)
@@ -166,7 +168,7 @@ Checker = Callable[..., location.LocationReport]
 
 def check(s: Settings, account: Any, *, writer: str, policy: Any = None, client: Any = None,
           checker: Checker | None = None) -> location.LocationReport:
-    """Every check of these settings: the values, then the S3 location (spec checks 1-4)."""
+    """Every check of these settings: the values, then the S3 location (docs/location-checks.md)."""
     problems = [location.Finding(c, m) for c, m in field_problems(s, account.region)]
     if s.s3_uri is None:
         return location.LocationReport(problems, [])
