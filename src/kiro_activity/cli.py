@@ -308,7 +308,8 @@ def _setting_options(fn: F) -> F:
 
 _POLICY_FILE = click.option(
     "--policy-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Check this bucket policy (JSON) instead of reading it from the bucket.")
+    help="A copy of the bucket policy (JSON), checked when the bucket's own policy cannot be "
+         "read with these credentials (when it can, the bucket's own is what S3 applies).")
 
 
 def _echo_findings(report: Any) -> None:

@@ -438,7 +438,9 @@ def check_location(uri: str, account: Account, *, layout: str = DEFAULT_LAYOUT,
     report location.
 
     ``client`` is an S3 client with the administrator's credentials (None: boto3's default
-    chain); ``policy`` replaces the bucket's own policy (a mapping, or JSON text or bytes)."""
+    chain); ``policy`` is a copy of the bucket policy (a mapping, or JSON text or bytes),
+    checked when the bucket's own cannot be read (a readable bucket policy is what S3
+    applies, so it wins)."""
     found = _Findings()
     for message in uri_problems(uri, account_id=account.account_id, region=account.region):
         found.problem("uri", message)

@@ -50,7 +50,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Where reports go: s3://bucket/prefix/ in a bucket of this account, in its Region, "
             "whose policy lets the report writer put objects under the prefix. None (an empty "
             "value): the local folder DATA_DIR/reports.",
-            example="s3://amzn-s3-demo-bucket/user-activity-reports/"),
+            example="s3://example-reports-bucket/user-activity-reports/"),
     Setting("layout", "choice", DEFAULT_LAYOUT,
             "CSV layout and file names: 'delivered' (the column names, order and file names of "
             "the objects the service actually delivers, which importers of these reports read) "
