@@ -9,8 +9,10 @@ nothing new is rendered. ``--replace`` plans the day again on purpose and overwr
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
 import sqlite3
 import threading
 import time
@@ -109,6 +111,18 @@ def plan(conn: sqlite3.Connection, config: Config, account: Account, day: date, 
              for seq, o in enumerate(drop.objects)])
 
 
+#: fault injection for the crash tests: ``KIRO_ACTIVITY_TEST_KILL_AT=<phase>`` makes this process
+#: SIGKILL itself at that phase of a delivery (``planned``, ``put-N`` after the N-th object
+#: (from 0) landed, ``recorded-N`` after the ledger noted it, ``before-done``), so that the tests
+#: kill a real process at an exact point instead of raising an exception in-process
+_KILL_AT = os.environ.get("KIRO_ACTIVITY_TEST_KILL_AT")
+
+
+def kill_point(phase: str) -> None:
+    if phase == _KILL_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[], float],
                 replace: bool = False, attempts: int = 1, backoff: Backoff | None = None,
                 sleep: Callable[[float], None] = time.sleep,
@@ -155,6 +169,7 @@ def _deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[]
         if row is None or replace or (row[0] != description and not delivered_any):
             plan(conn, config, account, day, s=s, description=description, now=now(),
                  replace=replace, actor=actor)
+            kill_point("planned")
         return _send(conn, dest, account_id, day, now=now, attempts=attempts,
                      backoff=backoff or Backoff(), sleep=sleep)
     finally:
@@ -181,9 +196,12 @@ def _send(conn: sqlite3.Connection, dest: Destination, account_id: str, day: dat
         except DeliveryError as err:
             outcome.state, outcome.error = "failed", err
             return outcome
+        kill_point(f"put-{seq}")  # it landed; the ledger has not heard of it
         conn.execute("UPDATE drop_objects SET delivered_at = ?, result = ? WHERE account_id = ?"
                      " AND day = ? AND seq = ?", (now(), result.value, *key, seq))
+        kill_point(f"recorded-{seq}")
         outcome.objects.append((obj_key, result.value))
+    kill_point("before-done")
     with transaction(conn):
         conn.execute("UPDATE drops SET delivered_at = ? WHERE account_id = ? AND day = ?",
                      (now(), *key))
