@@ -207,8 +207,9 @@ def check_database(path: Path) -> None:
     except sqlite3.DatabaseError as exc:
         raise damaged(path, exc) from None
     if problems != ["ok"]:
+        found = "; ".join(line for p in problems for line in str(p).splitlines() if line)
         raise DamagedDatabaseError(f"{path}: PRAGMA quick_check found damage: "
-                                   f"{'; '.join(problems)} (restore it from a backup)")
+                                   f"{found} (restore it from a backup)")  # on one line
 
 
 def connect(path: Path) -> sqlite3.Connection:
