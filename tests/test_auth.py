@@ -80,3 +80,24 @@ def test_refused_logins_and_admin_tokens_are_slowed(server: Server) -> None:
     with client(server, "127.0.0.5") as five:
         r = five.get(f"/admin/v1/accounts/{ACCOUNT}", headers={"Authorization": f"Bearer {admin}"})
         assert r.status_code == 200
+
+
+def test_guessing_is_refused_per_source_without_locking_out_the_admin(server: Server) -> None:
+    """#12: a source that keeps guessing is refused after its allowance (the guesses are not
+    even checked), while the real admin is not locked out: their session opened before the
+    attack from the same address keeps working, and other addresses log in as usual."""
+    admin = server.admin_token("grace", ACCOUNT)
+    with client(server, "127.0.0.6") as six, client(server, "127.0.0.7") as seven:
+        assert six.post("/admin/login", data={"token": admin}).status_code == 303
+        tries, refused = 0, 0
+        for i in range(50):
+            r = six.post("/admin/login", data={"token": f"kat_guess{i}"}) if i % 2 else six.get(
+                f"/admin/v1/accounts/{ACCOUNT}", headers={"Authorization": f"Bearer kat_g{i}"})
+            tries += 1
+            refused += r.status_code == 429
+        assert refused == tries - 5
+        session_ok = six.get(f"/admin/accounts/{ACCOUNT}").status_code == 200
+        other_ok = seven.post("/admin/login", data={"token": admin}).status_code == 303
+        print(f"guessing: tries={tries} checked={tries - refused} refused={refused} "
+              f"session_kept={int(session_ok)} other_source_login={int(other_ok)}")
+        assert session_ok and other_ok
