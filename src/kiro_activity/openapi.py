@@ -124,6 +124,13 @@ RANGE = [{"name": name, "in": "query", "required": False, "description": text,
                             ("to", "last UTC day, today at the latest (default: yesterday)"))]
 
 
+ACCOUNT_ID = {"name": "account_id", "in": "path", "required": True,
+              "description": "the 12-digit AWS account id",
+              "schema": {"type": "string", "pattern": "^[0-9]{12}$"}}
+DAY = {"name": "day", "in": "path", "required": True, "description": "a UTC day, YYYY-MM-DD",
+       "schema": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}}
+
+
 def _admin(summary: str, body: dict[str, Any] | None = None,
            extra: dict[str, str] | None = None,
            media: str = "application/json") -> dict[str, Any]:
@@ -152,7 +159,7 @@ def admin_paths() -> dict[str, Any]:
     trial = {"type": "object", "additionalProperties": False, "properties": {
         "settings": settings.json_schema(), "policy": change["properties"]["policy"]}}
     a = "/admin/v1/accounts/{account_id}"
-    return {
+    paths: dict[str, Any] = {
         "/admin/v1/accounts": {"get": _admin("The accounts this admin token administers")},
         a: {"get": _admin("An account and its settings")},
         f"{a}/settings": {
@@ -186,3 +193,16 @@ def admin_paths() -> dict[str, Any]:
             "delivered days it equals the sum of their report rows", None, {}, "text/csv"),
             "parameters": RANGE}},
     }
+    for path, item in paths.items():  # the path's own parameters, declared once per path
+        params = [ACCOUNT_ID] if "{account_id}" in path else []
+        if "{day}" in path:
+            params.append(DAY)
+        if params:
+            item["parameters"] = params
+    audit_get = paths[f"{a}/audit"]["get"]
+    audit_get["parameters"] = [
+        {"name": "limit", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        {"name": "before", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": 2**62}}]
+    return paths
