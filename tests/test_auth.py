@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from conftest import ACCOUNT, Server, make_server
-from kiro_activity.auth import FailureLimiter
+from kiro_activity.auth import FailureLimiter, RateLimiter
+from kiro_activity.errors import ThrottlingError, retry_seconds
 
 BODY = {"telemetryEvent": {"featureDevEvent": {"conversationId": "c"}}}
 WRONG = "Bearer kat_" + "x" * 40
@@ -101,3 +102,27 @@ def test_guessing_is_refused_per_source_without_locking_out_the_admin(server: Se
         print(f"guessing: tries={tries} checked={tries - refused} refused={refused} "
               f"session_kept={int(session_ok)} other_source_login={int(other_ok)}")
         assert session_ok and other_ok
+
+
+def test_the_throttling_message_and_retry_after_agree(server: Server) -> None:
+    """#12: the message said "retry in 0.00 s" while Retry-After said 1: one figure now."""
+    with client(server, "127.0.0.8") as eight:
+        for _ in range(5):
+            eight.get(f"/admin/v1/accounts/{ACCOUNT}", headers={"Authorization": WRONG})
+        for r in (eight.post("/SendTelemetryEvent", json=BODY, headers={"Authorization": WRONG}),
+                  eight.get(f"/admin/v1/accounts/{ACCOUNT}", headers={"Authorization": WRONG})):
+            assert r.status_code == 429
+            body = r.json()
+            message = body["message"] if "message" in body else body["error"]["message"]
+            assert message.endswith(f"retry in {r.headers['retry-after']} s"), message
+    for rate in (100.0, 2.0, 0.1):  # the per-token limiters: message figure == header
+        limiter = RateLimiter(rate, 1, clock=lambda: 0.0)
+        limiter.check(1)
+        with pytest.raises(ThrottlingError) as caught:
+            limiter.check(1)
+        assert caught.value.args[0].endswith(
+            f"retry in {retry_seconds(caught.value.retry_after)} s")
+        with pytest.raises(ThrottlingError) as caught:
+            limiter.take(1, 5)
+        assert caught.value.args[0].endswith(
+            f"retry in {retry_seconds(caught.value.retry_after)} s")

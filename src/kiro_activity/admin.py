@@ -43,6 +43,7 @@ from .errors import (
     SettingsRejected,
     TooManyFailuresError,
     UnauthorizedError,
+    retry_seconds,
 )
 from .store import Principal
 
@@ -217,8 +218,8 @@ def error_response(exc: AdminError) -> Response:
     response = json_response(exc.status, exc.body())
     if exc.status == 401:
         response.headers["www-authenticate"] = 'Bearer realm="kiro-activity admin"'
-    elif exc.status == 429:
-        response.headers["retry-after"] = "60"
+    elif isinstance(exc, TooManyFailuresError):
+        response.headers["retry-after"] = str(retry_seconds(exc.retry_after))
     return response
 
 
@@ -287,7 +288,7 @@ class AdminApi:
         source = request.client.host if request.client else ""
         refused = self.failures.blocked(source)
         if refused is not None:
-            raise TooManyFailuresError(refused)
+            raise TooManyFailuresError(refused, retry_after=self.failures.retry_after(source))
         try:
             return self._principal(request)
         except UnauthorizedError:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import store
-from .errors import AccessDeniedError, ThrottlingError
+from .errors import AccessDeniedError, ThrottlingError, retry_seconds
 from .store import Principal
 
 DENIED = "the bearer token is missing, unknown, revoked or expired"
@@ -130,7 +130,7 @@ class RateLimiter:
 
     def _message(self, wait: float) -> str:
         return (f"rate limit of {self.rate:g} {self.what}/s per token (burst {self.burst:g})"
-                f" exceeded; retry in {wait:.2f} s")
+                f" exceeded; retry in {retry_seconds(wait)} s")
 
     def check(self, key: int, cost: float = 1.0) -> None:
         """Take ``cost`` from the key's bucket or raise ThrottlingError with a Retry-After."""
@@ -143,7 +143,8 @@ class RateLimiter:
             self._buckets[key] = (level, now)
             wait = (cost - level) / self.rate
             raise ThrottlingError(
-                f"rate limit of {self.rate:g} requests/s per token exceeded; retry in {wait:.2f} s",
+                f"rate limit of {self.rate:g} requests/s per token exceeded; retry in "
+                f"{retry_seconds(wait)} s",
                 retry_after=wait,
             )
         self._buckets[key] = (level - cost, now)
@@ -174,7 +175,7 @@ class FailureLimiter:
         if level >= 1:
             return None
         return (f"too many failed authentications from {source} ({self.limit} within "
-                f"{self.window:g} s); retry in {self.retry_after(source):.0f} s")
+                f"{self.window:g} s); retry in {retry_seconds(self.retry_after(source))} s")
 
     def retry_after(self, source: str) -> float:
         return max(1.0, (1 - self._level(source, self._clock())) / self._rate)

@@ -36,6 +36,8 @@ Every message names the bad value or field and, where it helps, what to do inste
 
 from __future__ import annotations
 
+import math
+
 
 class KiroActivityError(Exception):
     """Base of every error this package raises on purpose."""
@@ -79,6 +81,12 @@ class AccessDeniedError(ApiError):
 
     status = 403
     type_name = "AccessDeniedException"
+
+
+def retry_seconds(wait: float) -> int:
+    """The whole seconds of a ``Retry-After`` header for a wait (at least 1): the same figure
+    is given in the message, so that the two never disagree."""
+    return max(1, math.ceil(wait - 1e-9))
 
 
 class ThrottlingError(ApiError):
@@ -187,10 +195,15 @@ class ConflictError(AdminError):
 
 
 class TooManyFailuresError(AdminError):
-    """429: this source address failed to authenticate too often; it must wait."""
+    """429: this source address failed to authenticate too often; it must wait
+    ``retry_after`` seconds (the Retry-After header, the figure of the message)."""
 
     status = 429
     type_name = "TooManyRequests"
+
+    def __init__(self, message: str, *, retry_after: float = 60.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class DamagedDatabaseError(KiroActivityError):

@@ -31,6 +31,7 @@ from .errors import (
     ThrottlingError,
     UnknownOperationError,
     ValidationError,
+    retry_seconds,
 )
 from .landing import LandingLog, LandingRecord
 from .metrics import deltas
@@ -194,7 +195,7 @@ class IngestApp:
             throttled = ThrottlingError(
                 f"{len(lines) - granted} of {len(lines)} lines are over the rate limit of "
                 f"{self.event_limiter.rate:g} events/s per token (burst "
-                f"{self.event_limiter.burst:g}); send them again in {wait:.2f} s",
+                f"{self.event_limiter.burst:g}); send them again in {retry_seconds(wait)} s",
                 retry_after=wait)
             results += [{"line": number, "status": 429, **throttled.body()}
                         for number in range(granted + 1, len(lines) + 1)]
@@ -299,7 +300,7 @@ def error_headers(exc: ApiError) -> list[tuple[bytes, bytes]]:
     """The headers of an error answer: its type, and when to retry."""
     extra = [(b"x-amzn-errortype", exc.type_name.encode())]
     if isinstance(exc, ThrottlingError):
-        extra.append((b"retry-after", str(max(1, round(exc.retry_after + 0.5))).encode()))
+        extra.append((b"retry-after", str(retry_seconds(exc.retry_after)).encode()))
     elif exc.status == 503:
         extra.append((b"retry-after", b"1"))
     return extra
