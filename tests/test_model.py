@@ -16,6 +16,7 @@ import csv
 import io
 import os
 import random
+import tempfile
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @initialize(seed=st.integers(0, 2**32 - 1))
     def start(self, seed: int) -> None:
-        base = Path(os.environ["MODEL_TMP"]) / f"run-{os.getpid()}-{id(self)}"
+        # a fresh folder per example: id(self) is reused once an earlier machine is collected,
+        # and an example that found its folder taken failed in a way hypothesis cannot replay
+        base = Path(tempfile.mkdtemp(prefix="run-", dir=os.environ["MODEL_TMP"]))
         self.config = Config(data_dir=base / "data")
         setup_accounts(self.config.data_dir)
         conn = store.connect(self.config.control_db)
@@ -232,7 +235,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if getattr(self, "log", None) is not None:
             assert self.log is not None
             self.log.close()
-        if hasattr(self, "config"):
+        if hasattr(self, "crashes"):  # set last in start(): the example got going
             TOTALS["runs"] += 1
             TOTALS["days"] += len(self._days())
             TOTALS["delivered"] += len(self.delivered)
