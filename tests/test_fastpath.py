@@ -174,11 +174,15 @@ def test_slow_and_idle_connections_are_closed(guarded: Server) -> None:
             data, _ = closed_within(sock, limit + 5)
             if sock is idle:
                 assert data == b""  # closed quietly after the keep-alive timeout
-            elif sock is slow_body:
-                assert data == b""  # the request was cut short: nothing stored or answered
+            elif sock is slow_body:  # the request was cut short: nothing stored
+                assert data.startswith(b"HTTP/1.1 408 ")
+                assert b"x-amzn-errortype: RequestTimeoutException" in data
+                assert b"body did not arrive within 1.5 s" in data
             else:
                 assert data.startswith(b"HTTP/1.1 408 ")
-                assert b"RequestTimeoutException" in data and b"did not arrive within 1 s" in data
+                assert b"x-amzn-errortype: RequestTimeoutException" in data
+                assert b"x-amzn-requestid: " in data
+                assert b"did not arrive within 1 s" in data
     rows = landing.read_events(guarded.config.landing_db, "WHERE user_id = 'slowpoke'")
     assert len(rows) == 1
 
@@ -200,3 +204,21 @@ def test_connections_beyond_the_cap_are_refused(guarded: Server) -> None:
     with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
         sock.sendall(request(guarded, token))
         assert read_responses(sock, 1)[0].startswith(b"HTTP/1.1 200")
+
+
+def test_a_slow_body_through_asgi_is_answered_408_and_not_stored(guarded: Server) -> None:
+    """A chunked body (served by the ASGI path) that stops arriving: 408, nothing stored, and
+    the application's late answer never reaches the wire."""
+    token = guarded.token("slowchunk")
+    head = (f"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: {TARGET}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/x-amz-json-1.0\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"tel\r\n").encode()
+    with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
+        sock.sendall(head)
+        data, took = closed_within(sock, 10)
+    assert data.startswith(b"HTTP/1.1 408 "), data[:200]
+    assert data.count(b"HTTP/1.1") == 1
+    assert b"x-amzn-errortype: RequestTimeoutException" in data
+    assert b"body did not arrive within 1.5 s" in data and took < 5
+    assert landing.read_events(guarded.config.landing_db,
+                               "WHERE user_id = 'slowchunk'") == []

@@ -41,6 +41,13 @@ class Config:
     body_timeout: float = 60.0
     keep_alive_timeout: float = 5.0
     max_connections: int = 4096
+    #: lingering close: a connection closed while its request is still arriving (a body over a
+    #: limit, answered at once) is half-closed and the rest read and discarded, for at most
+    #: ``linger_time`` seconds in all, ``linger_timeout`` seconds without data, ``linger_bytes``
+    #: bytes; so the client reads the answer instead of a reset (0 s: close at once)
+    linger_time: float = 30.0
+    linger_timeout: float = 5.0
+    linger_bytes: int = 256 * MIB
     #: failed authentications (bad bearer tokens, refused logins) allowed per source address
     #: within the window; then its requests are answered 429 (0: no limit)
     auth_failures_per_source: int = 100

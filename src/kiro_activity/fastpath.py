@@ -17,6 +17,17 @@ seconds (counted from the connection's start, or from the request's first byte) 
 within ``body_timeout`` more, or it is answered 408 and closed; idle keep-alive connections are
 closed by uvicorn after ``keep_alive_timeout``. A connection beyond ``max_connections`` is
 answered 503 and closed at once, so idle sockets cannot exhaust the descriptors.
+
+Lingering close (#12): a request refused before its body has arrived (over a size limit, a bad
+token ...) on a connection that is then closed would leave the client's bytes unread, and the
+kernel answers unread bytes with a reset: a client still writing sees ``ECONNRESET`` instead of
+the answer, and SDKs take that for a timeout and send the body again. Every close of a connection
+whose request is still arriving is therefore a lingering close, as nginx's: the answer is sent,
+our side half-closed (``write_eof``), and what the client still sends read and discarded until it
+closes its side, or for at most ``linger_time`` seconds, ``linger_timeout`` seconds without data,
+``linger_bytes`` bytes, whichever comes first. A lingering connection still counts against
+``max_connections``. Closes for a time limit (408) or the connection cap (503) and at shutdown are
+immediate.
 """
 
 from __future__ import annotations
@@ -70,29 +81,102 @@ class _FastCycle:
         self.message_event = _NoEvent()
 
 
+class _Transport:
+    """The connection's transport as uvicorn sees it: the real one, except that ``close`` asks
+    the protocol, which lingers when the request is still arriving (see the module docstring).
+    The methods of the hot path are bound once, not looked up through ``__getattr__``."""
+
+    def __init__(self, real: asyncio.Transport, protocol: FastProtocol) -> None:
+        self.real, self.protocol, self.closing = real, protocol, False
+        self.write, self.get_extra_info = real.write, real.get_extra_info
+        self.pause_reading, self.resume_reading = real.pause_reading, real.resume_reading
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def is_closing(self) -> bool:
+        return self.closing or self.real.is_closing()
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.protocol.closed_by_server()
+
+
 class FastProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, serving single telemetry events without ASGI, with a
     deadline on each request's receipt and a cap on open connections."""
 
     ingest: IngestApp  # set on the subclass made by :func:`protocol_for`
     _deadline: asyncio.TimerHandle | None = None
+    _arriving = False  # a request has begun and not been received in full
+    _abrupt = False  # the next close is immediate (time limits, the cap, shutdown)
+    _lingering: tuple[float, float, int] | None = None  # (until, last data, bytes read)
+    _linger_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._real = transport
+        super().connection_made(_Transport(transport, self))  # type: ignore[arg-type]
         config = self.ingest.config
         if len(self.connections) > config.max_connections:
             exc = OverloadedError(f"the server holds its most connections "
                                   f"({config.max_connections}); try again shortly")
-            self._refuse(exc, b"retry-after: 1\r\n")
+            self._refuse(exc)
             return
         self._arm(config.header_timeout, "headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._abrupt = True  # uvicorn closes the transport it holds: nothing to linger for
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering is None:
+            super().data_received(data)
+            return
+        until, _, read = self._lingering  # the rest of a refused request: read and dropped
+        self._lingering = (until, self.loop.time(), read + len(data))
+        if read + len(data) > self.ingest.config.linger_bytes:
+            self._real.close()
+
+    def closed_by_server(self) -> None:
+        """The server closes this connection (uvicorn, an answer with ``connection: close``, a
+        refusal): at once, or lingering while the client may still be sending its request."""
+        config = self.ingest.config
+        if (self._abrupt or not self._arriving or config.linger_time <= 0
+                or self._real.is_closing() or not self._real.can_write_eof()):
+            self._real.close()
+            return
+        now = self.loop.time()
+        self._lingering = (now + config.linger_time, now, 0)
+        self._real.resume_reading()
+        self._real.write_eof()  # after what is buffered: the client gets the answer, then EOF
+        self._linger_timer = self.loop.call_later(min(config.linger_timeout,
+                                                      config.linger_time), self._linger_check)
+
+    def _linger_check(self) -> None:
+        self._linger_timer = None
+        assert self._lingering is not None
+        until, last, _ = self._lingering
+        now, idle = self.loop.time(), self.ingest.config.linger_timeout
+        if now >= until or now - last >= idle:
+            self._real.close()
+            return
+        self._linger_timer = self.loop.call_later(max(0.01, min(until, last + idle) - now),
+                                                  self._linger_check)
+
+    def shutdown(self) -> None:
+        self._abrupt = self._abrupt or self.cycle is None or self.cycle.response_complete
+        if self._lingering is not None:
+            self._real.close()
+            return
+        super().shutdown()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._arriving = True
         if self._deadline is None:
             self._arm(self.ingest.config.header_timeout, "headers")
 
@@ -110,20 +194,31 @@ class FastProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        if self.cycle is not None and not self.cycle.response_complete:
-            if isinstance(self.cycle, _FastCycle):
-                self.cycle.disconnected = True
-            self.transport.close()  # an ASGI request sees a disconnect: nothing is stored
-            return
+        self._abrupt = True  # a client this slow is not waited for
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # the body is still arriving (the deadline ends when it is in): nothing is stored;
+            # an ASGI request sees a disconnect, and nothing it sends goes out
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if getattr(cycle, "response_started", False):  # answered already (say, a 401)
+                self.transport.close()
+                return
         self._refuse(RequestTimeoutError(
             f"the request's {what} did not arrive within {seconds:g} s; the connection is "
-            "closed"), b"")
+            "closed"))
 
-    def _refuse(self, exc: ApiError, extra: bytes) -> None:
+    def _refuse(self, exc: ApiError) -> None:
+        """Answer ``exc`` before any request was read in full, and close at once."""
+        self._abrupt = True
         body = orjson.dumps(exc.body())
-        self.transport.write(STATUS_LINE[exc.status] + b"content-type: application/json\r\n"
-                             + extra + b"connection: close\r\ncontent-length: "
-                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+        parts = [STATUS_LINE[exc.status], b"content-type: application/json\r\n"
+                 b"x-amzn-requestid: ", request_id(), b"\r\n"]
+        for name, value in error_headers(exc):
+            parts += [name, b": ", value, b"\r\n"]
+        parts += [b"connection: close\r\ncontent-length: ", str(len(body)).encode(),
+                  b"\r\n\r\n", body]
+        self.transport.write(b"".join(parts))
         self.transport.close()
 
     def on_headers_complete(self) -> None:
@@ -164,6 +259,7 @@ class FastProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()  # received in full: the rest is ours
+        self._arriving = False
         cycle = self.cycle
         if not isinstance(cycle, _FastCycle):
             super().on_message_complete()
