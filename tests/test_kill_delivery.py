@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from conftest import ACCOUNT, REGION, setup_accounts
+from kiro_activity.demo import free_port
 from kiro_activity import location, settings, store
 from kiro_activity.config import Config
 from kiro_activity.landing import LandingLog, LandingRecord
@@ -120,5 +121,62 @@ def test_sigkill_at_every_phase_of_a_delivery(tmp_path: Path, aws_env: None, mot
         again = report_run(data)  # and a third run changes nothing
         assert again.returncode == 0 and bucket_objects(s3, bucket) == got
     print(f"kill-delivery: kills={kills} phases={len(PHASES)} objects={len(reference)} "
+          f"extra={extra} missing={missing} mismatched={mismatched}")
+    assert (extra, missing, mismatched) == (0, 0, 0)
+
+
+def _serve(data: Path, clock_start: str, kill_at: str | None = None) -> subprocess.Popen[bytes]:
+    """``kiro-activity serve`` with its schedule on and its clock started at ``clock_start``."""
+    env = {**os.environ, "KIRO_ACTIVITY_DATA_DIR": str(data)}
+    env.pop("KIRO_ACTIVITY_TEST_KILL_AT", None)
+    if kill_at:
+        env["KIRO_ACTIVITY_TEST_KILL_AT"] = kill_at
+    return subprocess.Popen(
+        [sys.executable, "-m", "kiro_activity", "serve", "--port", str(free_port()),
+         "--fake-clock-start", clock_start], env=env)
+
+
+def _delivered(data: Path) -> bool:
+    conn = store.connect(Config(data_dir=data).control_db)
+    try:
+        return conn.execute("SELECT delivered_at FROM drops WHERE account_id = ? AND day = ?",
+                            (ACCOUNT, DAY.isoformat())).fetchone() not in (None, (None,))
+    finally:
+        conn.close()
+
+
+def test_sigkill_of_the_serving_process_at_every_phase_of_its_midnight_delivery(
+        tmp_path: Path, aws_env: None, moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same phases, in ``serve``: its schedule delivers the day at midnight (an injected
+    clock started just before it) and the process is SIGKILLed there; started again after
+    midnight, it catches up at once, and the bucket holds exactly the planned drop."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)
+    s3 = boto3.session.Session().client("s3", region_name=REGION)
+    stamp = time.time_ns()
+    prepare(tmp_path / "reference", s3, f"kiro-skill-ref-{stamp}")
+    assert report_run(tmp_path / "reference").returncode == 0
+    reference = bucket_objects(s3, f"kiro-skill-ref-{stamp}")
+    kills = mismatched = extra = missing = 0
+    for phase in PHASES:
+        data, bucket = tmp_path / phase, f"kiro-skill-{phase}-{stamp}"
+        prepare(data, s3, bucket)
+        proc = _serve(data, "2026-11-30T23:59:59+00:00", phase)
+        assert proc.wait(60) == -signal.SIGKILL, phase  # killed by its midnight delivery
+        kills += 1
+        proc = _serve(data, "2026-12-01T00:05:00+00:00")
+        try:
+            deadline = time.monotonic() + 60
+            while not _delivered(data) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _delivered(data), phase
+        finally:
+            proc.terminate()
+            assert proc.wait(30) in (0, -signal.SIGTERM)
+        got, frozen = bucket_objects(s3, bucket), planned(data)
+        extra += len(set(got) - set(frozen))
+        missing += len(set(frozen) - set(got))
+        mismatched += sum(got.get(k) != v for k, v in frozen.items())
+        mismatched += comparable(got) != comparable(reference)
+    print(f"kill-serve: kills={kills} phases={len(PHASES)} objects={len(reference)} "
           f"extra={extra} missing={missing} mismatched={mismatched}")
     assert (extra, missing, mismatched) == (0, 0, 0)
