@@ -10,6 +10,7 @@ shown the error while it lasts.
 from __future__ import annotations
 
 import http.client
+import random
 import socket
 import struct
 import threading
@@ -31,6 +32,7 @@ from kiro_activity import daily, location, settings, store
 from kiro_activity.config import Config
 from kiro_activity.deliver import Backoff, S3Destination
 from kiro_activity.landing import LandingLog, LandingRecord
+from kiro_activity.schedule import Scheduler
 
 DAY = date(2026, 11, 30)
 NOON = datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()
@@ -51,6 +53,7 @@ class FaultProxy(ThreadingHTTPServer):
         self.upstream = urlsplit(upstream)
         self.mode, self.remaining = "none", 0
         self.landed: Counter[str] = Counter()  # successful puts that reached S3, per key
+        self.order: list[str] = []  # the keys of those puts, in the order they landed
         self.injected = 0
         self.lock = threading.Lock()
 
@@ -78,6 +81,7 @@ class Handler(BaseHTTPRequestHandler):
             if self.command == "PUT" and 200 <= r.status < 300:
                 with self.server.lock:
                     self.server.landed[self.path.split("?")[0]] += 1
+                    self.server.order.append(self.path.split("?")[0])
             return r.status, r.getheaders(), data
         finally:
             up.close()
@@ -206,3 +210,64 @@ def test_every_fault_ends_delivered_exactly_once(tmp_path: Path, aws_env: None, 
         figures.append(f"{mode}:faults={n},runs={runs},objects={len(keys)},shown={int(shown)}")
     print("fault-proxy: cases=" + str(len(CASES)) + " delivered_once=" + str(len(figures))
           + " " + " ".join(figures))
+
+
+def test_an_outage_of_days_ends_delivered_oldest_day_first(
+        tmp_path: Path, aws_env: None, proxy: FaultProxy,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 answers 503 SlowDown from the first midnight for 54 simulated hours. The schedule
+    (its real code with a backoff of hours, an injected clock jumped from one wake-up to the next) keeps trying with
+    its backoff; the admin sees the error the whole time; once S3 is back the three days that
+    fell due are delivered exactly once each, oldest first."""
+    direct = boto3.session.Session().client("s3", region_name=REGION,
+                                            endpoint_url=proxy.upstream.geturl())
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)  # the service's puts go through it
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # the schedule's backoff does the retrying
+    bucket = f"kiro-outage-{time.time_ns()}"
+    config = prepare(tmp_path / "data", direct, bucket)
+    days = [DAY, date(2026, 12, 1), date(2026, 12, 2)]
+    clock = [NOON]
+    log = LandingLog(config.landing_db, clock=lambda: clock[0])
+    body = orjson.dumps({"telemetryEvent": {"chatAddMessageEvent": {
+        "conversationId": "c", "messageId": "m"}}})
+    try:
+        for day in days[1:]:
+            clock[0] = datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp()
+            log.append_sync([LandingRecord(ACCOUNT, f"user{i:04d}", "chatAddMessageEvent",
+                                           None, None, None, None, "test", body)
+                             for i in range(300)])
+    finally:
+        log.close()
+    start = datetime(2026, 11, 30, 23, 0, tzinfo=UTC).timestamp()
+    healed = AFTER + 54 * 3600
+    now = [start]
+    proxy.mode, proxy.remaining = "503", 10**9
+    # the production backoff (15 min cap) would wake ~460 times in 54 h: hours here, for speed
+    sched = Scheduler(config, clock=lambda: now[0], rng=random.Random(7),
+                      backoff=Backoff(base=900.0, cap=6 * 3600.0))
+    wakes = shown_during = blind_during = 0
+    while now[0] < healed + 86_400:
+        if now[0] >= healed:
+            proxy.remaining = 0
+        sched.run_due()
+        conn = store.connect(config.control_db)
+        err = daily.status(conn, ACCOUNT)["last_error"]
+        pending = daily.due_days(conn, ACCOUNT, now=now[0], retention_days=30)
+        conn.close()
+        if AFTER <= now[0] < healed:
+            shown_during += err is not None
+            blind_during += err is None
+        now[0] = max(sched.next_wake(), now[0] + 1)
+        wakes += 1
+        if now[0] > healed and not pending:
+            break
+    assert not pending and blind_during == 0 and shown_during > 0
+    stamps = [next(f"{d:%Y%m%d}" for d in days if f"_{d:%Y%m%d}0000" in key)
+              for key in proxy.order]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 3, stamps  # oldest day first
+    assert set(proxy.landed.values()) == {1}  # each object put once
+    listed = {o["Key"] for o in direct.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert len(listed) == len(proxy.order)
+    print(f"outage: simulated_hours=54 wakes={wakes} failed_puts={proxy.injected} "
+          f"error_shown={shown_during}/{shown_during + blind_during} days_delivered=3 "
+          f"order=oldest_first objects={len(listed)}")
