@@ -216,9 +216,9 @@ def test_an_outage_of_days_ends_delivered_oldest_day_first(
         tmp_path: Path, aws_env: None, proxy: FaultProxy,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """S3 answers 503 SlowDown from the first midnight for 54 simulated hours. The schedule
-    (its real code with a backoff of hours, an injected clock jumped from one wake-up to the next) keeps trying with
-    its backoff; the admin sees the error the whole time; once S3 is back the three days that
-    fell due are delivered exactly once each, oldest first."""
+    (its real code with a backoff of hours, an injected clock jumped from one wake-up to the
+    next) keeps trying; the admin sees the error the whole time; once S3 is back the three days
+    that fell due are delivered exactly once each, oldest first."""
     direct = boto3.session.Session().client("s3", region_name=REGION,
                                             endpoint_url=proxy.upstream.geturl())
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)  # the service's puts go through it

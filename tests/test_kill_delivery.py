@@ -24,9 +24,9 @@ import orjson
 import pytest
 
 from conftest import ACCOUNT, REGION, setup_accounts
-from kiro_activity.demo import free_port
 from kiro_activity import location, settings, store
 from kiro_activity.config import Config
+from kiro_activity.demo import free_port
 from kiro_activity.landing import LandingLog, LandingRecord
 
 DAY = date(2026, 11, 30)
