@@ -252,7 +252,7 @@ def test_an_outage_of_days_ends_delivered_oldest_day_first(
         sched.run_due()
         conn = store.connect(config.control_db)
         err = daily.status(conn, ACCOUNT)["last_error"]
-        pending = daily.due_days(conn, ACCOUNT, now=now[0], retention_days=30)
+        pending = daily.due_days(conn, ACCOUNT, now=now[0], retention_days=90)
         conn.close()
         if AFTER <= now[0] < healed:
             shown_during += err is not None

@@ -65,13 +65,13 @@ def test_dedupe_survives_reopen_and_ends_with_the_retention(tmp_path: Path) -> N
     now = [1764547200.0]
     path = tmp_path / "landing.db"
     for expected in (1, 0):  # the second log, opened afresh, knows the first one's keys
-        log = LandingLog(path, clock=lambda: now[0], retention_days=2)
+        log = LandingLog(path, clock=lambda: now[0], dedupe_days=2)
         try:
             assert log.append_sync([record("k")]) == expected
         finally:
             log.close()
     now[0] += 86400 * 2  # still within two days of retention
-    log = LandingLog(path, clock=lambda: now[0], retention_days=2)
+    log = LandingLog(path, clock=lambda: now[0], dedupe_days=2)
     try:
         assert log.append_sync([record("k")]) == 0
         now[0] += 86400  # the day of the first send has left the retention window

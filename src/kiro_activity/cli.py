@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from . import aggregate, audit, daily, landing, metrics, store
+from . import aggregate, audit, daily, landing, metrics, retention, store
 from . import settings as settings_mod
 from .config import Config
 from .deliver import Backoff
@@ -526,6 +526,20 @@ def report_status(ctx: click.Context, account_id: str, as_json: bool) -> None:
     err = info["last_error"]
     if err:
         click.echo(f"last delivery error: {err}", err=True)
+
+
+@main.command("purge")
+@click.pass_context
+@_errors
+def purge(ctx: click.Context) -> None:
+    """Apply the retention now (the service does it after each daily run): raw events older
+    than KIRO_ACTIVITY_DEDUPE_DAYS (30) leave the landing log once archived; days older than
+    KIRO_ACTIVITY_RETENTION_DAYS (90) leave the archive, the counters, the dashboard's
+    snapshots and the delivery ledger."""
+    done = retention.purge(ctx.obj, time.time())
+    click.echo(done.summary())
+    for account_id, day, why in done.kept:
+        click.echo(f"kept {account_id} {day} in the landing log: {why}", err=True)
 
 
 @main.command("metrics")

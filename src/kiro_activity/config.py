@@ -52,8 +52,12 @@ class Config:
     #: within the window; then its requests are answered 429 (0: no limit)
     auth_failures_per_source: int = 100
     auth_failure_window: float = 60.0
-    #: how long raw events (and so clientToken dedupe) are kept
-    retention_days: int = 30
+    #: how long a clientToken is recognised, and raw events stay in the landing log (after
+    #: that they leave it once archived: :mod:`.retention`)
+    dedupe_days: int = 30
+    #: how long the archive, the counters, the dashboard's snapshots and the delivery ledger
+    #: keep a day, and how far back missed days are caught up
+    retention_days: int = 90
     #: most requests the writer commits in one transaction
     max_group_commit: int = 4096
     #: produce and deliver reports at 00:00 UTC from the running service

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from . import retention
 from . import settings as settings_mod
 from .aggregate import aggregate_day
 from .audit import record
@@ -76,12 +77,23 @@ def _plan_row(conn: sqlite3.Connection, account_id: str, day: date) -> tuple[obj
 def render(config: Config, account: Account, s: settings_mod.Settings, day: date, *,
            now: float, rebuild: bool = False) -> Drop:
     """The day's objects under the account's settings (from the counters, or rebuilt)."""
+    check_retained(config, day, now)
     prefix = split_location(s.s3_uri)[1] if s.s3_uri else ""
     agg = aggregate_day(config.landing_db, account.account_id, day, layout=s.layout,
                         rebuild=rebuild, archive_dir=config.archive_dir)
     return build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
                       generated_at=datetime.fromtimestamp(now, UTC), partial=not closed(day, now),
                       manifest=s.manifest or not s.s3_uri)
+
+
+def check_retained(config: Config, day: date, now: float) -> None:
+    """A UsageError for a day past the retention: its events are no longer kept, and a report
+    of it would be empty rather than right."""
+    first = retention.oldest_kept(config, datetime.fromtimestamp(now, UTC).date())
+    if day < first:
+        raise UsageError(
+            f"{day} is past the retention of {config.retention_days} days (the first day kept "
+            f"is {first}): its events are no longer kept (KIRO_ACTIVITY_RETENTION_DAYS)")
 
 
 def plan(conn: sqlite3.Connection, config: Config, account: Account, day: date, *,

@@ -3,11 +3,12 @@
 A unique index on (account, user, clientToken) makes every insert touch a random B-tree page: in
 SQLite that cut batched inserts from ~110k to ~30k rows/s (bench/RESULTS.md). Instead each stored
 event with a clientToken carries a 64-bit keyed hash of (account, user, clientToken) in an
-unindexed column, and the writer keeps the hashes of the retention window in memory, one set per
-UTC receipt day, rebuilt from the log when it opens. Writes stay sequential.
+unindexed column, and the writer keeps the hashes of the dedupe window (``dedupe_days``) in
+memory, one set per UTC receipt day, rebuilt from the log when it opens. Writes stay
+sequential.
 
 Cost and limits, stated: about 70 bytes of memory per event with a clientToken within the
-retention (1 M events: ~70 MB); a false "duplicate" needs two different (account, user,
+dedupe window (1 M events: ~70 MB); a false "duplicate" needs two different (account, user,
 clientToken) with the same 64-bit hash: with n keys retained, each new event has a chance of
 n / 2**64 (5e-14 for a million keys).
 """
@@ -28,10 +29,10 @@ def dedupe_key(account_id: str, user_id: str, client_token: str) -> int:
 
 
 class DedupeIndex:
-    """The keys seen within the retention window, one set per UTC receipt day."""
+    """The keys seen within the dedupe window, one set per UTC receipt day."""
 
-    def __init__(self, retention_days: int) -> None:
-        self.retention_days = retention_days
+    def __init__(self, window_days: int) -> None:
+        self.window_days = window_days
         self._days: dict[int, set[int]] = {}
 
     def __len__(self) -> int:
@@ -49,10 +50,10 @@ class DedupeIndex:
             self._days.setdefault(received_us // DAY_US, set()).add(key)
 
     def expire(self, now_us: int) -> None:
-        """Forget the days that have left the retention window."""
-        oldest = now_us // DAY_US - self.retention_days
+        """Forget the days that have left the dedupe window."""
+        oldest = now_us // DAY_US - self.window_days
         for day in [d for d in self._days if d < oldest]:
             del self._days[day]
 
     def oldest_kept_us(self, now_us: int) -> int:
-        return (now_us // DAY_US - self.retention_days) * DAY_US
+        return (now_us // DAY_US - self.window_days) * DAY_US

@@ -70,7 +70,7 @@ class IngestApp:
         self._own_landing = landing is None
         self.landing = landing or LandingLog(
             config.landing_db, clock=clock, max_group=config.max_group_commit,
-            retention_days=config.retention_days,
+            dedupe_days=config.dedupe_days,
         )
         self.auth = Authenticator(config.control_db, clock=clock)
         self.failures = FailureLimiter(config.auth_failures_per_source,

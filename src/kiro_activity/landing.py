@@ -21,7 +21,8 @@ writer process keeps one writer per log: a service restarted after being killed 
 the old writer, which finishes the group it holds, has exited. Readers that must see every
 acknowledged row of a day (the daily run) wait on :meth:`LandingLog.barrier`.
 
-Exactly once: a repeated clientToken of the same user within the retention is recognised by the
+Exactly once: a repeated clientToken of the same user within the dedupe window
+(``dedupe_days``) is recognised by the
 in-memory :class:`~.dedupe.DedupeIndex` (kept off disk so that writes stay sequential) and not
 stored again; events without a clientToken are each stored.
 
@@ -297,14 +298,14 @@ class LandingLog:
 
     def __init__(
         self, path: Path, *, clock: Callable[[], float] = time.time, max_group: int = 4096,
-        retention_days: int = 30,
+        dedupe_days: int = 30,
     ) -> None:
         self.path = path
         self.clock = clock
         self.max_group = max_group
         self._lock_fd = _lock_exclusively(Path(f"{path}.lock"))
         self._conn = connect(path)  # reads, and the writes of append_sync
-        self.seen = DedupeIndex(retention_days)
+        self.seen = DedupeIndex(dedupe_days)
         now_us = int(clock() * 1_000_000)
         self.seen.load(self._conn.execute(
             "SELECT received_us, dedupe_key FROM events"

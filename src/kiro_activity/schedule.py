@@ -1,4 +1,5 @@
-"""The schedule: at 00:00 UTC, every enabled account's day that just closed; at start, catch up.
+"""The schedule: at 00:00 UTC, every enabled account's day that just closed; at start, catch up;
+after each run, the retention (:mod:`.retention`).
 
 Time is an argument: the :class:`Scheduler` reads an injected clock, so tests cross midnight in
 seconds. Production and delivery are blocking (DuckDB, boto3) and run in a worker thread; a day
@@ -15,7 +16,7 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 
-from . import settings, store, usage
+from . import retention, settings, store, usage
 from .aggregate import seal_day
 from .config import Config
 from .daily import Outcome, deliver_day, due_days
@@ -72,13 +73,26 @@ class Scheduler:
                 self.retry_at.pop(account_id, None)
                 self._seal(account_id, day)
         self._warm(now)
+        self._purge(now)
         return outcomes
+
+    def _purge(self, now: float) -> None:
+        """Apply the retention (best effort: what cannot be archived stays, see
+        :mod:`.retention`; the next run tries again)."""
+        try:
+            done = retention.purge(self.config, now)
+        except Exception:
+            log.exception("the retention run failed; nothing it had not finished was deleted")
+            return
+        if done.events_deleted or done.kept or done.archive_days_deleted:
+            log.warning("retention: %s", done.summary())
 
     def _warm(self, now: float) -> None:
         """Snapshot every account's settled days of the last 90 for the dashboard (best
         effort: a dashboard reads the counters itself when a snapshot is missing)."""
         today = datetime.fromtimestamp(now, UTC).date()
-        days = [today - timedelta(days=i) for i in range(90, 0, -1)]
+        back = min(90, self.config.retention_days)  # older days leave with the retention
+        days = [today - timedelta(days=i) for i in range(back, 0, -1)]
         conn = connect(self.config.control_db)
         try:
             accounts = [a.account_id for a in store.list_accounts(conn)]

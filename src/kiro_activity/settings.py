@@ -132,6 +132,21 @@ def docs_markdown() -> str:
         "(`KIRO_ACTIVITY_WRITER_PRINCIPAL`, default `q.amazonaws.com`). Warnings are saved and "
         "shown; `kiro-activity settings validate` runs the checks again.",
         "",
+        "## Retention (service-wide)",
+        "",
+        "Set for the whole service by environment variables (see [design.md](design.md), "
+        "Retention); "
+        "`kiro-activity purge` applies them at once, the service after each daily run.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+        "| `KIRO_ACTIVITY_RETENTION_DAYS` | `90` | Days the archive, the per-user-day counters, "
+        "the dashboard's snapshots and the delivery ledger keep; how far back missed days are "
+        "caught up. A report of an older day is refused. |",
+        "| `KIRO_ACTIVITY_DEDUPE_DAYS` | `30` | Days a `clientToken` is recognised and raw "
+        "events stay in the landing log; an older day's events leave it once the archive holds "
+        "them (its event count checked first). |",
+        "",
     ]
     return "\n".join(lines)
 
