@@ -70,6 +70,8 @@ def test_sigkill_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
             r = client.post("/", content=row["body"], headers=HEADERS)
             assert r.status_code == 200
         assert len(landing.read_events(server.config.landing_db)) == len(rows)
+        print(f"sigkill: acked={len(acked)} stored={len(rows)} acked_missing={len(missing)} "
+              f"stored_twice={len(rows) - len(tokens)} retry_after_restart=stored_once")
     finally:
         server.stop()
 
@@ -180,5 +182,7 @@ def test_full_disk_answers_503_then_recovers(small_disk: Path) -> None:
         assert httpx.get(f"{server.url}/health").status_code == 200
         tokens = {r["client_token"] for r in landing.read_events(server.config.landing_db)}
         assert set(acked) <= tokens
+        print(f"full-disk: acked={len(acked)} acked_missing={len(set(acked) - tokens)} "
+              f"answered_503_when_full=1 recovered_without_restart=1")
     finally:
         server.stop()
