@@ -78,10 +78,6 @@ def test_events_leave_the_landing_log_only_once_archived(config: Config,
     days = [FIRST + timedelta(days=i) for i in range(10)]
     fill(config, days, 60)
     today = days[-1]  # dedupe window: days >= today-3 stay; retention: days >= today-6 kept
-    before = {(a, d): rebuild_day(config.landing_db, a, d) for a in (ACCOUNT, OTHER_ACCOUNT)
-              for d in days}
-    counted = {(a, d): counted_day(config.landing_db, a, d) for a in (ACCOUNT, OTHER_ACCOUNT)
-               for d in days}
     # one day was sealed before more of its events arrived, another's file is torn: both
     # must be sealed again before their events leave the log
     stale, torn = today - timedelta(days=5), today - timedelta(days=6)
@@ -91,10 +87,14 @@ def test_events_leave_the_landing_log_only_once_archived(config: Config,
     log = LandingLog(config.landing_db, clock=lambda: clock[0], dedupe_days=3)
     try:
         log.append_sync(records(ACCOUNT, stale, 5, random.Random(9)))
+        clock[0] = noon(today)  # and the newest event is today's again (the newest stays)
+        log.append_sync(records(ACCOUNT, today, 1, random.Random(10)))
     finally:
         log.close()
-    before[(ACCOUNT, stale)] = rebuild_day(config.landing_db, ACCOUNT, stale)
-    counted[(ACCOUNT, stale)] = counted_day(config.landing_db, ACCOUNT, stale)
+    before = {(a, d): rebuild_day(config.landing_db, a, d) for a in (ACCOUNT, OTHER_ACCOUNT)
+              for d in days}
+    counted = {(a, d): counted_day(config.landing_db, a, d) for a in (ACCOUNT, OTHER_ACCOUNT)
+               for d in days}
     sealed_path(config.archive_dir, ACCOUNT, torn).write_bytes(b"PAR1")
     # and sealing fails for another day: its events must stay
     broken = today - timedelta(days=4)
@@ -214,3 +214,27 @@ def test_purge_from_the_command_line(config: Config, tmp_path: Path) -> None:
     assert "deleted" in done.stdout and "raw event(s) from the landing log" in done.stdout
     left: Any = landing_days(config)
     assert min(d for _, d in left) >= date.today() - timedelta(days=30)  # the defaults
+
+
+def test_the_newest_event_is_kept_so_that_numbering_never_restarts(config: Config) -> None:
+    """After a silence longer than the dedupe window every event is old enough to go, but the
+    newest stays: the next event must get a number above every number ever given (the
+    counters' watermark relies on it)."""
+    days = [FIRST + timedelta(days=i) for i in range(3)]
+    fill(config, days, 5)
+    conn = landing.connect(config.landing_db)
+    top = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
+    conn.close()
+    retention.purge(config, noon(FIRST + timedelta(days=60)))
+    conn = landing.connect(config.landing_db)
+    try:
+        assert conn.execute("SELECT seq FROM events").fetchall() == [(top,)]
+    finally:
+        conn.close()
+    fill(config, [FIRST + timedelta(days=60)], 1)
+    conn = landing.connect(config.landing_db)
+    try:
+        assert min(s for (s,) in conn.execute("SELECT seq FROM events")) == top
+        assert conn.execute("SELECT max(seq) FROM events").fetchone()[0] > top
+    finally:
+        conn.close()

@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 #: rows deleted from the landing log per transaction
 BATCH = 5_000
+#: _NEWEST: the row with the highest ``seq`` is never deleted. ``seq`` is SQLite's rowid, which
+#: continues from the highest one left: were every row deleted (no traffic for the whole dedupe
+#: window), new events would get numbers again that the counters' watermark has already passed,
+#: and a writer killed before writing their counters would leave them uncounted. That one row
+#: goes at a later run, once newer ones exist.
 #: the counters' tables, all keyed by (account_id, day number)
 COUNTER_TABLES = ("user_day", "dim_day", "dim_users", "interactions")
 
@@ -147,9 +152,10 @@ def _landing_day(conn: sqlite3.Connection, config: Config, account_id: str, day:
     lo, hi = day_window(day)
     while True:
         with store.transaction(conn):
-            gone = conn.execute(
+            gone = conn.execute(  # never the newest row: see _NEWEST
                 "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE"
-                " received_us >= ? AND received_us < ? AND account_id = ? LIMIT ?)",
+                " received_us >= ? AND received_us < ? AND account_id = ? AND"
+                " seq < (SELECT max(seq) FROM events) LIMIT ?)",
                 (lo, hi, account_id, BATCH)).rowcount
         out.events_deleted += gone
         if gone < BATCH:
