@@ -34,7 +34,8 @@ from pathlib import Path
 import orjson
 
 from kiro_activity import counters, landing
-from kiro_activity.aggregate import counted_day, day_window, read_day, rebuild_day, seal_day
+from kiro_activity.aggregate import counted_day, day_window, read_day, rebuild_day
+from kiro_activity.archive import seal
 from kiro_activity.metrics import METRICS
 from kiro_activity.report import build_drop
 from kiro_activity.simulate import WEIGHTS, request_body
@@ -119,7 +120,7 @@ def measure(kind: str, db: Path) -> dict[str, float]:
     started = time.perf_counter()
     archive = db.parent / "archive"
     if kind == "seal":
-        seal_day(db, archive, ACCOUNT, DAY)
+        seal(db, archive, now=now.timestamp())
         users = 0
     elif kind in ("daily", "rebuild", "rebuild_log"):
         agg = (counted_day(db, ACCOUNT, DAY, "documented") if kind == "daily"

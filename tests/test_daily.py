@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from conftest import ACCOUNT, REGION, free_port, setup_accounts
-from kiro_activity import daily, location, settings, store
+from kiro_activity import archive, daily, location, settings, store
 from kiro_activity.config import Config
 from kiro_activity.deliver import Destination, LocalDestination, PutResult
 from kiro_activity.landing import LandingLog, LandingRecord
@@ -213,8 +213,10 @@ def test_scheduler_delivers_missed_days_oldest_first(config: Config) -> None:
     assert empty.count(b"\n") == 1
     full = next(v for k, v in reports.items() if "/2026/11/30/" in k and k.endswith(".csv"))
     assert full.count(b"\n") == 3
+    # the archive holds the events (of the one day that had any), sealed by the run
     sealed = sorted(p.name for p in (config.archive_dir / ACCOUNT).iterdir())
-    assert sealed == [f"2026-11-{d}.parquet" for d in (27, 28, 29, 30)]
+    assert sealed == ["2026-11-30"]
+    assert len(archive.day_files(config.landing_db, config.archive_dir, ACCOUNT, DAY)) == 1
 
 
 def test_scheduler_backs_off_a_failing_account(config: Config, tmp_path: Path) -> None:

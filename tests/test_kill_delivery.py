@@ -161,7 +161,12 @@ def test_sigkill_of_the_serving_process_at_every_phase_of_its_midnight_delivery(
         data, bucket = tmp_path / phase, f"kiro-skill-{phase}-{stamp}"
         prepare(data, s3, bucket)
         proc = _serve(data, "2026-11-30T23:59:59+00:00", phase)
-        assert proc.wait(60) == -signal.SIGKILL, phase  # killed by its midnight delivery
+        try:
+            assert proc.wait(90) == -signal.SIGKILL, phase  # killed by its midnight delivery
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
         kills += 1
         proc = _serve(data, "2026-12-01T00:05:00+00:00")
         try:

@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from conftest import ACCOUNT, OTHER_ACCOUNT, cli, setup_accounts
-from kiro_activity import daily, events, landing, retention, settings, simulate, store
-from kiro_activity.aggregate import counted_day, rebuild_day, seal_day, sealed_path
+from kiro_activity import archive, daily, events, landing, retention, settings, simulate, store
+from kiro_activity.aggregate import counted_day, rebuild_day
 from kiro_activity.config import Config
 from kiro_activity.errors import UsageError
 from kiro_activity.landing import LandingLog, LandingRecord
@@ -78,66 +78,52 @@ def test_events_leave_the_landing_log_only_once_archived(config: Config,
     days = [FIRST + timedelta(days=i) for i in range(10)]
     fill(config, days, 60)
     today = days[-1]  # dedupe window: days >= today-3 stay; retention: days >= today-6 kept
-    # one day was sealed before more of its events arrived, another's file is torn: both
-    # must be sealed again before their events leave the log
-    stale, torn = today - timedelta(days=5), today - timedelta(days=6)
-    for day in (stale, torn):
-        seal_day(config.landing_db, config.archive_dir, ACCOUNT, day)
-    clock = [noon(stale)]
-    log = LandingLog(config.landing_db, clock=lambda: clock[0], dedupe_days=3)
-    try:
-        log.append_sync(records(ACCOUNT, stale, 5, random.Random(9)))
-        clock[0] = noon(today)  # and the newest event is today's again (the newest stays)
-        log.append_sync(records(ACCOUNT, today, 1, random.Random(10)))
-    finally:
-        log.close()
+    cut = today - timedelta(days=config.dedupe_days)
+    keep_from = today - timedelta(days=config.retention_days)
     before = {(a, d): rebuild_day(config.landing_db, a, d) for a in (ACCOUNT, OTHER_ACCOUNT)
               for d in days}
     counted = {(a, d): counted_day(config.landing_db, a, d) for a in (ACCOUNT, OTHER_ACCOUNT)
                for d in days}
-    sealed_path(config.archive_dir, ACCOUNT, torn).write_bytes(b"PAR1")
-    # and sealing fails for another day: its events must stay
-    broken = today - timedelta(days=4)
-    real_seal = retention.seal_day
+    # the disk is full while sealing: nothing is sealed, so nothing leaves the landing log
+    real_write = archive._write
 
-    def flaky_seal(landing_db: Path, archive_dir: Path, account_id: str, day: date) -> Path:
-        if day == broken and account_id == OTHER_ACCOUNT:
-            raise OSError("No space left on device")
-        return real_seal(landing_db, archive_dir, account_id, day)
+    def full_disk(source: Any, final: Path) -> tuple[int, int, str]:
+        if OTHER_ACCOUNT in str(final):
+            raise OSError(28, "No space left on device")
+        return real_write(source, final)
 
-    monkeypatch.setattr(retention, "seal_day", flaky_seal)
+    monkeypatch.setattr(archive, "_write", full_disk)
+    done = retention.purge(config, noon(today))
+    assert done.events_deleted == 0 and landing_days(config) == {
+        k: 60 for k in before}
+    assert {(a, d) for a, d, _ in done.kept} == {(a, d) for a, d in before if d < cut}
+    assert all("not sealed yet" in why for _, _, why in done.kept)
+    assert list(config.archive_dir.rglob("*.parquet")) == []  # no half-written segment left
+    monkeypatch.setattr(archive, "_write", real_write)
+    # sealed; then one day's segment is damaged on disk (a flipped byte, a lost file)
+    archive.seal(config.landing_db, config.archive_dir, now=noon(today))
+    [damaged] = archive.day_files(config.landing_db, config.archive_dir, ACCOUNT,
+                                  today - timedelta(days=5))
+    damaged.write_bytes(damaged.read_bytes()[:-100])
     done = retention.purge(config, noon(today))
     left = landing_days(config)
-    cut = today - timedelta(days=config.dedupe_days)
-    keep_from = today - timedelta(days=config.retention_days)
     for account in (ACCOUNT, OTHER_ACCOUNT):
         for day in days:
-            in_log = (account, day) in left
-            archived = sealed_path(config.archive_dir, account, day).exists()
-            if day >= cut:
-                assert in_log, (account, day)  # within the dedupe window: kept
-            elif (account, day) == (OTHER_ACCOUNT, broken):
-                assert in_log and not archived  # could not be archived: kept
-            else:
-                assert not in_log, (account, day)
-            assert archived == (keep_from <= day < cut and (account, day)
-                                != (OTHER_ACCOUNT, broken)), (account, day)
-    assert done.kept == [(OTHER_ACCOUNT, broken, "not sealed: No space left on device")]
-    # inside the retention: the same report, rebuilt from the archive or the log, and counted
+            files = archive.day_files(config.landing_db, config.archive_dir, account, day)
+            assert ((account, day) in left) == (day >= cut), (account, day)
+            assert bool(files) == (day >= keep_from), (account, day)
+    assert done.kept == [] and damaged.exists()  # written again from the landing log first
+    # inside the retention: the same report, rebuilt from the archive (and the tail), and
+    # counted; past it, nothing left
     for (account, day), agg in before.items():
         if day < keep_from:
             assert counted_day(config.landing_db, account, day).rows == []
             continue
         again = rebuild_day(config.landing_db, account, day, config.archive_dir)
-        assert sorted(again.rows) == sorted(agg.rows) and again.events == agg.events
+        assert again.rows == agg.rows and again.events == agg.events
         assert counted_day(config.landing_db, account, day).rows == counted[(account, day)].rows
-    # the next run, once the disk is back, archives the kept day and removes it from the log
-    monkeypatch.setattr(retention, "seal_day", real_seal)
-    again_done = retention.purge(config, noon(today))
-    assert (OTHER_ACCOUNT, broken) not in landing_days(config) and not again_done.kept
-    deleted = done.events_deleted + again_done.events_deleted
-    print(f"retention: days={len(days)} events_deleted={deleted} kept_unarchived=1 "
-          f"resealed={done.sealed} reports_changed=0")
+    print(f"retention: days={len(days)} events_deleted={done.events_deleted} "
+          f"kept_while_unsealed={len(before) - 2 * 3} repaired=1 reports_changed=0")
 
 
 def test_a_report_inside_the_retention_is_unchanged_and_one_past_it_is_refused(
@@ -197,8 +183,8 @@ def test_the_data_folder_stops_growing_under_steady_traffic(config: Config) -> N
                                                grown))
     assert grown < 1.15, sizes
     assert min(d for _, d in landing_days(config)) >= FIRST + timedelta(days=40 - 1 - 3)
-    archived = sorted(p.name for p in (config.archive_dir / ACCOUNT).glob("*.parquet"))
-    assert len(archived) <= config.retention_days + 1, archived
+    archived = sorted(p.parent.name for p in (config.archive_dir / ACCOUNT).rglob("*.parquet"))
+    assert len(set(archived)) == len(archived) <= config.retention_days + 1, archived
 
 
 def folder_size(root: Path, exclude: str) -> int:

@@ -9,13 +9,12 @@ reader, and only the fields the rules use are extracted.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import duckdb
 import pyarrow as pa
@@ -113,10 +112,11 @@ def _expression(rule: Rule) -> str:
     return f"count(DISTINCT {{{key}}}) FILTER (WHERE {cond})"
 
 
-def fields_sql(source: str, *, keep_raw: bool = False) -> str:
+def fields_sql(source: str, *, keep_raw: bool = False, keys: tuple[str, ...] = ()) -> str:
     """Each event of ``source`` (user_id, member, ide_category, body) with the fields the rules
     read, typed: ``n_<field>`` numbers (only JSON numbers count, each at most ``AMOUNT_MAX``,
-    as :func:`.metrics.deltas` clamps them) and ``s_<field>`` strings."""
+    as :func:`.metrics.deltas` clamps them) and ``s_<field>`` strings; the ``keys`` columns of
+    ``source`` first, passed through."""
     project = [f"CASE WHEN json_type(ev, '$.\"{f}\"') NOT IN {NUMBER_TYPES} THEN NULL"
                f" WHEN TRY_CAST(json_extract_string(ev, '$.\"{f}\"') AS DOUBLE) > {AMOUNT_MAX}"
                f" THEN {AMOUNT_MAX} ELSE TRY_CAST(json_extract_string(ev, '$.\"{f}\"') AS BIGINT)"
@@ -124,12 +124,13 @@ def fields_sql(source: str, *, keep_raw: bool = False) -> str:
     project += [f"CASE WHEN json_type(ev, '$.\"{f}\"') = 'VARCHAR' THEN "
                 f"json_extract_string(ev, '$.\"{f}\"') END AS s_{f}" for f in text_fields()]
     raw = "body, " if keep_raw else ""
+    lead = "".join(f"{k}, " for k in keys)
     member_id = "CASE member " + " ".join(
         f"WHEN '{name}' THEN {i}" for name, i in MEMBER_IDS.items()) + " END::UTINYINT"
     return (
-        f"SELECT user_id, member, {member_id} AS member_id, ide_category, {raw}"
+        f"SELECT {lead}user_id, member, {member_id} AS member_id, ide_category, {raw}"
         f"{', '.join(project)} FROM (\n"
-        "  SELECT user_id, member, ide_category, body,"
+        f"  SELECT {lead}user_id, member, ide_category, body,"
         f" json_extract(body, '$.telemetryEvent.\"' || member || '\"') AS ev FROM {source})"
     )
 
@@ -145,12 +146,27 @@ def query() -> str:
     return f"WITH fields AS (\n{fields_sql('raw')}\n)\n{pivot_sql('fields')}"
 
 
-def _run(raw: pa.Table | pa.RecordBatchReader | Path, wrap: str = "{}") -> list[tuple[Any, ...]]:
-    """The pivot over raw events (Arrow) or a sealed day (Parquet of typed events)."""
+#: what the pivot reads: raw events (Arrow), a sealed day (Parquet of typed events), or a day's
+#: archive segments and its unsealed tail (raw events)
+Source: TypeAlias = pa.Table | pa.RecordBatchReader | Path | tuple[list[Path], pa.RecordBatchReader]
+
+
+def _listing(paths: list[Path]) -> str:
+    return "[" + ", ".join(f"'{_sql_text(str(p))}'" for p in paths) + "]"
+
+
+def _run(raw: Source, wrap: str = "{}") -> list[tuple[Any, ...]]:
+    """The pivot over ``raw`` (see :data:`Source`)."""
     con = duckdb.connect()
     try:
         if isinstance(raw, Path):
             sql = pivot_sql(f"read_parquet('{_sql_text(str(raw))}')")
+        elif isinstance(raw, tuple):
+            files, rest = raw
+            con.register("raw", rest)
+            sql = pivot_sql(
+                f"(SELECT * EXCLUDE (seq, received_us, body) FROM read_parquet({_listing(files)})"
+                f" UNION ALL BY NAME SELECT * FROM ({fields_sql('raw')}))")
         else:
             con.register("raw", raw)
             sql = query()
@@ -159,16 +175,14 @@ def _run(raw: pa.Table | pa.RecordBatchReader | Path, wrap: str = "{}") -> list[
         con.close()
 
 
-def aggregate_table(raw: pa.Table | pa.RecordBatchReader | Path,
-                    ) -> tuple[list[tuple[str, list[int]]], int]:
+def aggregate_table(raw: Source) -> tuple[list[tuple[str, list[int]]], int]:
     """Per user (code-point order) the metrics in METRICS order, and the number of events."""
     result = _run(raw)
     rows = sorted(((r[0], [int(v) for v in r[2:]]) for r in result), key=lambda r: r[0])
     return rows, sum(int(r[1]) for r in result)
 
 
-def aggregate_cells(raw: pa.Table | pa.RecordBatchReader | Path, layout: str,
-                    ) -> tuple[list[tuple[str, str]], int]:
+def aggregate_cells(raw: Source, layout: str) -> tuple[list[tuple[str, str]], int]:
     """Like :func:`aggregate_table`, with each user's cells joined by DuckDB in the layout's
     column order (code-point order of users: DuckDB sorts strings by their bytes)."""
     names = [f"m{i}" for i in range(len(METRICS))]
@@ -183,38 +197,24 @@ def _sql_text(text: str) -> str:
     return text.replace("'", "''")
 
 
-def sealed_path(archive_dir: Path, account_id: str, day: date) -> Path:
-    return archive_dir / account_id / f"{day.isoformat()}.parquet"
+def day_source(landing_db: Path, account_id: str, day: date,
+               archive_dir: Path | None = None) -> Source:
+    """Every raw event of the day: the archive's segments and the unsealed tail when the day
+    has segments (:mod:`.archive`), else the landing log."""
+    from . import archive  # archive builds on this module
 
-
-def seal_day(landing_db: Path, archive_dir: Path, account_id: str, day: date) -> Path:
-    """Write a closed day's raw events, bodies kept and the rules' fields typed, as one Parquet
-    file (atomically; a sealed day is not sealed again). The rebuild then runs at the speed of
-    a columnar scan instead of parsing every JSON body again."""
-    final = sealed_path(archive_dir, account_id, day)
-    if final.exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_suffix(f".tmp-{os.getpid()}")
-    con = duckdb.connect()
-    try:
-        con.register("raw", read_day(landing_db, account_id, day))
-        con.execute(f"COPY ({fields_sql('raw', keep_raw=True)}) TO '{_sql_text(str(tmp))}'"
-                    " (FORMAT parquet, COMPRESSION zstd)")
-    finally:
-        con.close()
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-    return final
+    files = archive.day_files(landing_db, archive_dir, account_id, day) if archive_dir else []
+    if files:
+        return files, archive.tail(landing_db, account_id, day)
+    return read_day(landing_db, account_id, day)
 
 
 def rebuild_day(landing_db: Path, account_id: str, day: date,
                 archive_dir: Path | None = None, layout: str | None = None) -> DayAggregate:
-    """The full rebuild: DuckDB over every raw event of the day, from the sealed day when
-    there is one, else from the landing log (with a ``layout``: cells ready for its CSV)."""
-    sealed = sealed_path(archive_dir, account_id, day) if archive_dir else None
-    source = sealed if sealed and sealed.exists() else read_day(landing_db, account_id, day)
+    """The full rebuild: DuckDB over every raw event of the day, from the archive and its
+    unsealed tail when the day is archived, else from the landing log (with a ``layout``:
+    cells ready for its CSV)."""
+    source = day_source(landing_db, account_id, day, archive_dir)
     if layout is not None:
         cells, events = aggregate_cells(source, layout)
         return DayAggregate(account_id, day, day_window(day), [], events, cells, layout)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from . import aggregate, audit, daily, landing, metrics, retention, store
+from . import archive, audit, daily, landing, metrics, retention, store
 from . import settings as settings_mod
 from .config import Config
 from .deliver import Backoff
@@ -494,19 +494,24 @@ def report_backfill(ctx: click.Context, account_id: str, first: str, last: str, 
 
 
 @report.command("seal")
-@click.option("--account", "account_id", required=True)
-@click.option("--date", "day", required=True, help="A closed UTC day, YYYY-MM-DD.")
+@click.option("--account", "account_id", help="Print this account's segments of --date.")
+@click.option("--date", "day", help="A UTC day, YYYY-MM-DD.")
 @click.pass_context
 @_errors
-def report_seal(ctx: click.Context, account_id: str, day: str) -> None:
-    """Archive a closed day's raw events as typed Parquet (the service does it after delivery);
-    'report build --rebuild' then reads that instead of every JSON body."""
-    when = daily.check_day(day)
-    store.require_account(_control(ctx), account_id)
-    if not daily.closed(when, time.time()):
-        raise UsageError(f"{when} is not closed yet (it closes at 00:00 UTC)")
-    click.echo(str(aggregate.seal_day(ctx.obj.landing_db, ctx.obj.archive_dir, account_id,
-                                      when)))
+def report_seal(ctx: click.Context, account_id: str | None, day: str | None) -> None:
+    """Seal the archive now: every event the landing log holds past the last sealing becomes
+    part of an immutable Parquet segment (the service does it every 5 minutes), and closed
+    days' segments are compacted into one; 'report build --rebuild' reads the archive."""
+    if (account_id is None) != (day is None):
+        raise UsageError("--account and --date go together")
+    done = archive.seal(ctx.obj.landing_db, ctx.obj.archive_dir, now=time.time())
+    click.echo(f"sealed {done.events} event(s) in {done.segments} segment(s), compacted "
+               f"{done.compacted} day(s); sealed up to seq {done.sealed_seq}")
+    if account_id is not None and day is not None:
+        store.require_account(_control(ctx), account_id)
+        for path in archive.day_files(ctx.obj.landing_db, ctx.obj.archive_dir, account_id,
+                                      daily.check_day(day)):
+            click.echo(str(path))
 
 
 @report.command("status")

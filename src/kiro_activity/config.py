@@ -62,6 +62,8 @@ class Config:
     max_group_commit: int = 4096
     #: produce and deliver reports at 00:00 UTC from the running service
     schedule: bool = True
+    #: seconds between two runs of the archive's sealing in the running service (:mod:`.archive`)
+    seal_interval: float = 300.0
     #: the principal the bucket policy must let put report objects (docs/location-checks.md,
     #: check 4): the service principal of the product documentation, or a self-hosted writer's
     #: IAM role ARN
@@ -96,5 +98,5 @@ class Config:
 
     @property
     def archive_dir(self) -> Path:
-        """Sealed days: each closed day's raw events as typed Parquet (see aggregate.seal_day)."""
+        """The telemetry archive: typed Parquet segments of every event (:mod:`.archive`)."""
         return self.data_dir / "archive"

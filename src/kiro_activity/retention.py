@@ -27,12 +27,9 @@ import shutil
 import sqlite3
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from . import landing, store
-from .aggregate import day_of, day_window, seal_day, sealed_path
+from . import archive, landing, store
+from .aggregate import day_of, day_window
 from .config import Config
 from .dedupe import DAY_US
 
@@ -80,7 +77,7 @@ def purge(config: Config, now: float) -> Purged:
     today = day_of(int(now * 1_000_000))
     out = Purged()
     keep_from = oldest_kept(config, today)
-    _landing(config, today - timedelta(days=config.dedupe_days), out)
+    _landing(config, today - timedelta(days=config.dedupe_days), now, out)
     _archive(config, keep_from, out)
     _counters(config, keep_from, out)
     _snapshots(config, keep_from, out)
@@ -88,11 +85,15 @@ def purge(config: Config, now: float) -> Purged:
     return out
 
 
-def _landing(config: Config, cut: date, out: Purged) -> None:
+def _landing(config: Config, cut: date, now: float, out: Purged) -> None:
     """Seal, check and delete the raw events of every account-day before ``cut``."""
     if not config.landing_db.exists():
         return
-    conn = landing.connect(config.landing_db)
+    try:
+        out.sealed = archive.seal(config.landing_db, config.archive_dir, now=now).segments
+    except Exception:  # what is sealed already may still go; the rest stays (covered says so)
+        log.exception("could not seal the archive; unsealed events stay in the landing log")
+    conn = archive.connect(config.landing_db)
     try:
         first = conn.execute("SELECT min(received_us) FROM events").fetchone()[0]
         if first is None:
@@ -104,65 +105,43 @@ def _landing(config: Config, cut: date, out: Purged) -> None:
                 "SELECT DISTINCT account_id FROM events WHERE received_us >= ?"
                 " AND received_us < ?", (lo, hi))]
             for account_id in accounts:
-                _landing_day(conn, config, account_id, day, out)
+                why = archive.covered(conn, config.archive_dir, account_id, day)
+                if why is not None and "damaged" in why and archive.repair(
+                        config.landing_db, config.archive_dir, account_id, day):
+                    why = archive.covered(conn, config.archive_dir, account_id, day)
+                if why is None:
+                    out.events_deleted += _delete_day(conn, account_id, day)
+                else:
+                    log.error("%s of %s stays in the landing log: %s", day, account_id, why)
+                    out.kept.append((account_id, day, why))
             day += timedelta(days=1)
     finally:
         conn.close()
 
 
-def _count(conn: sqlite3.Connection, account_id: str, day: date) -> int:
+def _delete_day(conn: sqlite3.Connection, account_id: str, day: date) -> int:
     lo, hi = day_window(day)
-    n: int = conn.execute("SELECT count(*) FROM events WHERE received_us >= ? AND"
-                          " received_us < ? AND account_id = ?", (lo, hi, account_id)).fetchone()[0]
-    return n
-
-
-def _sealed_rows(path: Path) -> int | None:
-    try:
-        return int(pq.read_metadata(path).num_rows)
-    except (OSError, ValueError):  # missing, or not a whole Parquet file
-        return None
-
-
-def _landing_day(conn: sqlite3.Connection, config: Config, account_id: str, day: date,
-                 out: Purged) -> None:
-    path = sealed_path(config.archive_dir, account_id, day)
-    in_log = _count(conn, account_id, day)
-    sealed = _sealed_rows(path)
-    if sealed != in_log:
-        if path.exists():  # torn, or sealed from fewer events than the log holds: again
-            log.warning("the archive of %s for %s holds %s events, the landing log %d: "
-                        "sealing it again", account_id, day, sealed, in_log)
-            path.unlink()
-        try:
-            seal_day(config.landing_db, config.archive_dir, account_id, day)
-        except Exception as exc:
-            log.exception("could not seal %s of %s; its events stay in the landing log",
-                          day, account_id)
-            out.kept.append((account_id, day, f"not sealed: {exc}"))
-            return
-        out.sealed += 1
-        sealed = _sealed_rows(path)
-        in_log = _count(conn, account_id, day)
-        if sealed != in_log:
-            log.error("the archive of %s for %s holds %s events, the landing log %d: its "
-                      "events stay in the landing log", account_id, day, sealed, in_log)
-            out.kept.append((account_id, day, f"archive holds {sealed} of {in_log} events"))
-            return
-    lo, hi = day_window(day)
+    deleted = 0
     while True:
         with store.transaction(conn):
-            gone = conn.execute(  # never the newest row: see _NEWEST
+            gone: int = conn.execute(  # never the newest row: see _NEWEST
                 "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE"
                 " received_us >= ? AND received_us < ? AND account_id = ? AND"
                 " seq < (SELECT max(seq) FROM events) LIMIT ?)",
                 (lo, hi, account_id, BATCH)).rowcount
-        out.events_deleted += gone
+        deleted += gone
         if gone < BATCH:
-            break
+            return deleted
 
 
 def _archive(config: Config, keep_from: date, out: Purged) -> None:
+    if config.landing_db.exists():
+        conn = archive.connect(config.landing_db)
+        try:
+            out.archive_days_deleted += archive.drop_days_before(conn, config.archive_dir,
+                                                                 keep_from)
+        finally:
+            conn.close()
     if not config.archive_dir.exists():
         return
     for account_dir in sorted(p for p in config.archive_dir.iterdir() if p.is_dir()):

@@ -14,10 +14,9 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from . import retention, settings, store, usage
-from .aggregate import seal_day
+from . import archive, retention, settings, store, usage
 from .config import Config
 from .daily import Outcome, deliver_day, due_days
 from .deliver import Backoff
@@ -44,6 +43,7 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.failures: dict[str, int] = {}
         self.retry_at: dict[str, float] = {}
+        self.next_seal = 0.0  # the archive's next sealing (every config.seal_interval)
 
     def run_due(self) -> list[Outcome]:
         """Deliver every due day of every enabled account (oldest first; an account stops at
@@ -71,8 +71,8 @@ class Scheduler:
                     break
                 self.failures.pop(account_id, None)
                 self.retry_at.pop(account_id, None)
-                self._seal(account_id, day)
         self._warm(now)
+        self.seal()
         self._purge(now)
         return outcomes
 
@@ -105,13 +105,14 @@ class Scheduler:
                 log.exception("could not snapshot the usage of %s for the dashboard",
                               account_id)
 
-    def _seal(self, account_id: str, day: date) -> None:
-        """Archive the delivered day as typed Parquet for fast rebuilds (best effort)."""
+    def seal(self) -> None:
+        """Seal what the landing log holds past the archive's mark (best effort: the events
+        stay in the landing log until sealed, and the next run tries again)."""
+        self.next_seal = self.clock() + self.config.seal_interval
         try:
-            seal_day(self.config.landing_db, self.config.archive_dir, account_id, day)
+            archive.seal(self.config.landing_db, self.config.archive_dir, now=self.clock())
         except Exception:
-            log.exception("could not seal %s of %s (the rebuild reads the landing log instead)",
-                          day, account_id)
+            log.exception("could not seal the archive (the events stay in the landing log)")
 
     def next_wake(self) -> float:
         now = self.clock()
@@ -122,7 +123,8 @@ class Scheduler:
 
     async def run(self, stop: asyncio.Event, barrier: Callable[[], Awaitable[None]],
                   tick: float = 0.5) -> None:
-        """Catch up at once, then wake at every midnight (and retry time) until ``stop``."""
+        """Catch up at once, then wake at every midnight (and retry time) until ``stop``,
+        sealing the archive every ``seal_interval`` seconds in between."""
         while not stop.is_set():
             await barrier()  # every event received before now is committed
             try:
@@ -132,5 +134,9 @@ class Scheduler:
                 self.retry_at["*"] = self.clock() + 60
             wake = self.next_wake()
             while not stop.is_set() and self.clock() < wake:
+                if self.clock() >= self.next_seal:  # between the daily runs: the archive
+                    await asyncio.to_thread(self.seal)
+                    continue
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=min(tick, wake - self.clock()))
+                    await asyncio.wait_for(stop.wait(), timeout=min(
+                        tick, wake - self.clock(), max(0.0, self.next_seal - self.clock())))
