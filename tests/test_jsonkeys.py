@@ -73,6 +73,44 @@ def test_the_cheap_check_never_misses_a_duplicate(tree: _Pairs, data: st.DataObj
     assert (found is not None) == has_duplicates(tree)
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    # the colon count (#11): a colon written \u003a is not a ":" byte; orjson writes it as one
+    (b'{"a":"\\u003a","a":1}', ("a", "the top level")),
+    (b'{"a":1,"a":"\\u003a"}', ("a", "the top level")),
+    (b'{"x":{"k\\u003a":1,"k:":2}}', ("k:", "x")),
+    (b'{"a":"\\u003a","b":1}', None),
+    (b'{"a":"x\\\\:","a":1}', ("a", "the top level")),  # a backslash, but no \u
+    (b'{"a":1,"a" :2}', ("a", "the top level")),
+    (b'{"a" :1,"b":{"a":2,"a" :"\\":"}}', ("a", "b")),
+    (b'{"a":"p:q","a":"r"}', ("a", "the top level")),  # the kept string has fewer colons
+    (b'{"a":' * 300 + b"1" + b"}" * 300, None),  # too deep for orjson.dumps: the #13 test
+    (b'{"a":' * 300 + b'{"b":1,"b":2}' + b"}" * 300, ("b", "a" + ".a" * 299)),
+])
+def test_duplicate_key_by_the_colon_count(text: bytes, expected: tuple[str, str] | None) -> None:
+    assert jsonkeys.duplicate_key(text, orjson.loads(text)) == expected
+
+
+def render_escaped(tree: Any, draw: st.DrawFn) -> str:
+    """Like ``render``, strings sometimes with every non-letter as a ``\\u`` escape."""
+    if isinstance(tree, _Pairs):
+        return "{" + ",".join(render_escaped(k, draw) + draw(separators)
+                              + render_escaped(v, draw) for k, v in tree) + "}"
+    if isinstance(tree, list):
+        return "[" + ",".join(render_escaped(v, draw) for v in tree) + "]"
+    if isinstance(tree, str) and draw(st.booleans()):
+        return '"' + "".join(c if c.isalnum() else f"\\u{ord(c):04x}" for c in tree) + '"'
+    return json.dumps(tree, ensure_ascii=False)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.tuples(keys | st.sampled_from(["é", ":", "a\\:"]), trees), max_size=4)
+       .map(_Pairs), st.data())
+def test_no_test_misses_a_duplicate_with_escapes(tree: _Pairs, data: st.DataObject) -> None:
+    text = render_escaped(tree, data.draw).encode()
+    found = jsonkeys.duplicate_key(text, orjson.loads(text))
+    assert (found is not None) == has_duplicates(tree)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s = make_server(tmp_path_factory.mktemp("dupkeys"), "--no-schedule")
