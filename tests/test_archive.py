@@ -269,3 +269,63 @@ def test_sigkill_at_every_phase_of_sealing_keeps_each_acknowledged_event_once(
           + " ".join(f"{k}={v}" for k, v in bad.items()))
     assert acked > 0 and all(r["acked"] > 0 for r in results if "#" in r["phase"])
     assert set(bad.values()) == {0}, results
+
+
+# --- the copy in the account's bucket (moto's S3 server) ---------------------------------------
+
+
+def test_segments_go_to_the_account_bucket_once_with_the_put_rules(
+        tmp_path: Path, aws_env: None, moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    from kiro_activity import location, settings, store
+    from kiro_activity.config import Config as _Config
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)
+    s3 = boto3.session.Session().client("s3", region_name="us-east-1")
+    config = _Config(data_dir=tmp_path / "data")
+    setup_accounts(config.data_dir)
+    bucket = f"kiro-archive-{time.time_ns()}"
+    s3.create_bucket(Bucket=bucket)
+    conn = store.connect(config.control_db)
+    s3.put_bucket_policy(Bucket=bucket, Policy=orjson.dumps(location.documented_policy(
+        bucket, "reports", store.require_account(conn, ACCOUNT))).decode())
+    settings.update(conn, ACCOUNT, {"enabled": True, "s3_uri": f"s3://{bucket}/reports/"},
+                    actor="test", now=at(DAY, 8), today=DAY, writer=config.writer_principal)
+    conn.close()
+    rng = random.Random(8)
+    add(config, at(DAY, 9), 30, rng)
+    archive.seal(config.landing_db, config.archive_dir, now=at(DAY, 9.1))
+    first = archive.upload(config)
+    add(config, at(DAY, 20), 30, rng)
+    archive.seal(config.landing_db, config.archive_dir, now=at(DAY, 20.1))
+    # a run killed after its put, before the ledger heard of it: the put is refused (412)
+    conn = archive.connect(config.landing_db)
+    [(key,)] = conn.execute("SELECT remote FROM archive_segments WHERE account_id = ? AND"
+                            " remote IS NOT NULL", (ACCOUNT,)).fetchall()
+    with conn:
+        conn.execute("UPDATE archive_segments SET remote = NULL WHERE remote = ?", (key,))
+    conn.close()
+    second = archive.upload(config)
+    assert (first.put, second.put, second.already_there, second.errors) == (1, 1, 1, {})
+    # the day closes: compacted locally, nothing more to put (its pieces are in the bucket)
+    archive.seal(config.landing_db, config.archive_dir, now=at(DAY + timedelta(days=1), 1))
+    assert archive.upload(config).put == 0
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="reports/")["Contents"]
+    keys = sorted(o["Key"] for o in listed)
+    assert all(k.startswith(f"reports/AWSLogs/{ACCOUNT}/KiroLogs/telemetry_archive/v1/"
+                            f"us-east-1/2026/11/30/seg-") for k in keys), keys
+    heads = [s3.head_object(Bucket=bucket, Key=k, ExpectedBucketOwner=ACCOUNT) for k in keys]
+    assert {h["ServerSideEncryption"] for h in heads} == {"AES256"}
+    # the bucket's segments hold each of the account's events once (the other account has no
+    # location: its events stay local)
+    seqs = []
+    for k in keys:
+        path = tmp_path / k.rsplit("/", 1)[1]
+        path.write_bytes(s3.get_object(Bucket=bucket, Key=k)["Body"].read())
+        seqs += [r[0] for r in duckdb.sql(f"SELECT seq FROM read_parquet('{path}')").fetchall()]
+    mine = [r["seq"] for r in landing.read_events(config.landing_db)
+            if r["account_id"] == ACCOUNT]
+    assert sorted(seqs) == sorted(mine) and len(seqs) == 60
+    print(f"archive-s3: objects={len(keys)} events={len(seqs)} duplicates=0 "
+          f"sse=AES256 expected_owner=1 refused_repeat_put=1")

@@ -56,6 +56,9 @@ import pyarrow.parquet as pq
 
 from . import landing, store
 from .aggregate import BATCH, DAY_US, day_of, day_window, fields_sql
+from .config import Config
+from .deliver import Destination, PutResult
+from .errors import DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,8 @@ CREATE TABLE IF NOT EXISTS archive_meta (
 INSERT OR IGNORE INTO archive_meta VALUES (1, 0, 0);
 """
 
+_COLUMNS = ("account_id, day, first_seq, last_seq, events, name, size, sha256, version,"
+            " sealed_at")
 _RAW = pa.schema([("seq", pa.int64()), ("received_us", pa.int64()), ("user_id", pa.string()),
                   ("member", pa.string()), ("ide_category", pa.string()), ("body", pa.string())])
 
@@ -115,6 +120,9 @@ class Segment:
     name: str
     size: int
     sha256: str
+    #: where the account's bucket holds it: None (not yet), "-" (nothing to put: its events
+    #: are there already, in the segments it was compacted from), else the s3:// URI
+    remote: str | None = None
 
     def path(self, archive_dir: Path) -> Path:
         return archive_dir / self.account_id / self.day.isoformat() / self.name
@@ -135,6 +143,9 @@ class Sealed:
 def connect(landing_db: Path) -> sqlite3.Connection:
     conn = landing.connect(landing_db)
     conn.executescript(SCHEMA)
+    have = {r[1] for r in conn.execute("PRAGMA table_info(archive_segments)")}
+    if "remote" not in have:  # the copy in the account's bucket (see upload)
+        conn.execute("ALTER TABLE archive_segments ADD COLUMN remote TEXT")
     return conn
 
 
@@ -152,11 +163,11 @@ def segments(conn: sqlite3.Connection, account_id: str | None = None,
     if day is not None:
         where.append("day = ?")
         args.append(day.isoformat())
-    sql = ("SELECT account_id, day, first_seq, last_seq, events, name, size, sha256 FROM"
-           " archive_segments" + (" WHERE " + " AND ".join(where) if where else "")
+    sql = ("SELECT account_id, day, first_seq, last_seq, events, name, size, sha256, remote"
+           " FROM archive_segments" + (" WHERE " + " AND ".join(where) if where else "")
            + " ORDER BY account_id, day, first_seq")
-    return [Segment(a, date.fromisoformat(d), f, la, n, name, size, sha)
-            for a, d, f, la, n, name, size, sha in conn.execute(sql, args)]
+    return [Segment(a, date.fromisoformat(d), f, la, n, name, size, sha, r)
+            for a, d, f, la, n, name, size, sha, r in conn.execute(sql, args)]
 
 
 def day_files(landing_db: Path, archive_dir: Path, account_id: str, day: date) -> list[Path]:
@@ -304,7 +315,8 @@ def _seal_new(conn: sqlite3.Connection, archive_dir: Path, now: float, out: Seal
             if sealed_seq(conn) != start:  # another sealer got there first: ours are orphans
                 raise RuntimeError("the archive was sealed meanwhile")
             conn.executemany(
-                "INSERT INTO archive_segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO archive_segments ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,"
+                " ?)",
                 [(a, d.isoformat(), f, la, n, name, size, sha, VERSION, now)
                  for a, d, f, la, n, name, size, sha in made])
             conn.execute("UPDATE archive_meta SET sealed_seq = ?, sealed_at = ?", (top, now))
@@ -343,6 +355,10 @@ def _compact_closed(conn: sqlite3.Connection, archive_dir: Path, now: float,
     for account_id, day_text in many:
         day = date.fromisoformat(day_text)
         old = segments(conn, account_id, day)
+        uploaded = {s.remote is not None for s in old}
+        if len(uploaded) > 1:
+            continue  # some pieces are in the bucket, some not yet: after the upload
+        remote = "-" if uploaded == {True} else None  # the pieces are its copy in the bucket
         first, last = old[0].first_seq, max(s.last_seq for s in old)
         name = f"seg-{first:012d}-{last:012d}.v{VERSION}.parquet"
         final = archive_dir / account_id / day_text / name
@@ -356,9 +372,9 @@ def _compact_closed(conn: sqlite3.Connection, archive_dir: Path, now: float,
         with store.transaction(conn):
             conn.execute("DELETE FROM archive_segments WHERE account_id = ? AND day = ?",
                          (account_id, day_text))
-            conn.execute("INSERT INTO archive_segments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         (account_id, day_text, first, last, events, name, size, sha, VERSION,
-                          now))
+            conn.execute(f"INSERT INTO archive_segments ({_COLUMNS}, remote) VALUES (?, ?, ?,"
+                         " ?, ?, ?, ?, ?, ?, ?, ?)", (account_id, day_text, first, last, events,
+                                                     name, size, sha, VERSION, now, remote))
         kill_point("compact-committed")
         for s in old:
             if s.name != name:
@@ -455,3 +471,78 @@ def drop_days_before(conn: sqlite3.Connection, archive_dir: Path, keep_from: dat
                 path.unlink()
             folder.rmdir()
     return len(old)
+
+
+# --- the copy in the account's bucket -----------------------------------------------------------
+
+
+def remote_key(prefix: str, account_id: str, region: str, s: Segment) -> str:
+    """Where a segment goes in the account's bucket: beside ``by_user_analytic/``, which the
+    report readers list, under ``telemetry_archive/v1/``, which they do not."""
+    head = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+    return (f"{head}AWSLogs/{account_id}/KiroLogs/telemetry_archive/v{VERSION}/{region}/"
+            f"{s.day:%Y/%m/%d}/{s.name}")
+
+
+@dataclass
+class Uploaded:
+    """What one :func:`upload` did."""
+
+    put: int = 0
+    already_there: int = 0
+    #: per account, the error that stopped its uploads this time (tried again next run)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def upload(config: Config, *, destinations: dict[str, Destination] | None = None) -> Uploaded:
+    """Put every committed segment not yet in its account's bucket there, oldest first, with
+    the report's put rules (``If-None-Match: *``, ``ExpectedBucketOwner``, the account's
+    server-side encryption). Accounts with reports on and an S3 location only; a put that finds
+    the object there already (a run killed after the put, before the ledger heard of it) counts
+    as done. ``destinations`` (tests) replace the S3 client of an account."""
+    from . import settings as settings_mod  # settings -> location -> ...: not at import time
+    from .deliver import S3Destination
+    from .s3uri import split_location
+
+    out = Uploaded()
+    if not config.landing_db.exists() or not config.control_db.exists():
+        return out
+    control = store.connect(config.control_db)
+    try:
+        targets = []
+        for account_id in settings_mod.enabled_accounts(control):
+            s = settings_mod.get(control, account_id)
+            if s.s3_uri:
+                targets.append((store.require_account(control, account_id), s))
+    finally:
+        control.close()
+    conn = connect(config.landing_db)
+    try:
+        for account, s in targets:
+            bucket, prefix = split_location(s.s3_uri or "")
+            dest = (destinations or {}).get(account.account_id) or S3Destination(
+                bucket, expected_owner=account.account_id, region=account.region, sse=s.sse,
+                kms_key_arn=s.kms_key_arn)
+            pending = [seg for seg in segments(conn, account.account_id) if seg.remote is None]
+            for seg in pending:
+                key = remote_key(prefix, account.account_id, account.region, seg)
+                try:
+                    result = dest.put(key, seg.path(config.archive_dir).read_bytes(),
+                                      content_type="application/vnd.apache.parquet")
+                except (DeliveryError, OSError) as exc:
+                    out.errors[account.account_id] = str(exc)
+                    log.warning("the archive of %s is not in its bucket yet: %s",
+                                account.account_id, exc)
+                    break
+                with store.transaction(conn):
+                    conn.execute("UPDATE archive_segments SET remote = ? WHERE account_id = ?"
+                                 " AND day = ? AND first_seq = ?",
+                                 (f"s3://{bucket}/{key}", account.account_id,
+                                  seg.day.isoformat(), seg.first_seq))
+                if result is PutResult.ALREADY_THERE:
+                    out.already_there += 1
+                else:
+                    out.put += 1
+    finally:
+        conn.close()
+    return out

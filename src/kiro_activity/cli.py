@@ -501,12 +501,19 @@ def report_backfill(ctx: click.Context, account_id: str, first: str, last: str, 
 def report_seal(ctx: click.Context, account_id: str | None, day: str | None) -> None:
     """Seal the archive now: every event the landing log holds past the last sealing becomes
     part of an immutable Parquet segment (the service does it every 5 minutes), and closed
-    days' segments are compacted into one; 'report build --rebuild' reads the archive."""
+    days' segments are compacted into one, and new segments are put in the bucket of each
+    account with reports on and an S3 location; 'report build --rebuild' reads the archive."""
     if (account_id is None) != (day is None):
         raise UsageError("--account and --date go together")
     done = archive.seal(ctx.obj.landing_db, ctx.obj.archive_dir, now=time.time())
     click.echo(f"sealed {done.events} event(s) in {done.segments} segment(s), compacted "
                f"{done.compacted} day(s); sealed up to seq {done.sealed_seq}")
+    sent = archive.upload(ctx.obj)
+    click.echo(f"put {sent.put} segment(s) in the accounts' buckets"
+               + (f" ({sent.already_there} there already)" if sent.already_there else ""))
+    for account_id, error in sent.errors.items():
+        click.echo(f"warning: the archive of {account_id} is not in its bucket yet: {error}",
+                   err=True)
     if account_id is not None and day is not None:
         store.require_account(_control(ctx), account_id)
         for path in archive.day_files(ctx.obj.landing_db, ctx.obj.archive_dir, account_id,

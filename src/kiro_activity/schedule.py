@@ -106,13 +106,19 @@ class Scheduler:
                               account_id)
 
     def seal(self) -> None:
-        """Seal what the landing log holds past the archive's mark (best effort: the events
-        stay in the landing log until sealed, and the next run tries again)."""
+        """Seal what the landing log holds past the archive's mark, then put the new segments
+        in the accounts' buckets (best effort: the events stay in the landing log until sealed,
+        and the next run tries again)."""
         self.next_seal = self.clock() + self.config.seal_interval
         try:
             archive.seal(self.config.landing_db, self.config.archive_dir, now=self.clock())
         except Exception:
             log.exception("could not seal the archive (the events stay in the landing log)")
+        try:
+            archive.upload(self.config)  # the copy in each account's bucket
+        except Exception:
+            log.exception("could not put the archive in the accounts' buckets (tried again "
+                          "at the next sealing)")
 
     def next_wake(self) -> float:
         now = self.clock()
