@@ -21,9 +21,13 @@ import duckdb
 import pyarrow as pa
 
 from . import counters, events, landing
+from .errors import UsageError
 from .metrics import AMOUNT_MAX, METRICS, SUM_MAX, Rule, column_order, numeric_fields, text_fields
 
 DAY_US = 86_400_000_000
+#: what computes a rebuild: DuckDB in this process (the default), or Spark (:mod:`.spark`),
+#: which reads the sealed day
+ENGINES = ("duckdb", "spark")
 NUMBER_TYPES = "('UBIGINT', 'BIGINT', 'DOUBLE')"
 
 
@@ -210,9 +214,23 @@ def seal_day(landing_db: Path, archive_dir: Path, account_id: str, day: date) ->
 
 
 def rebuild_day(landing_db: Path, account_id: str, day: date,
-                archive_dir: Path | None = None, layout: str | None = None) -> DayAggregate:
+                archive_dir: Path | None = None, layout: str | None = None,
+                engine: str = "duckdb") -> DayAggregate:
     """The full rebuild: DuckDB over every raw event of the day, from the sealed day when
-    there is one, else from the landing log (with a ``layout``: cells ready for its CSV)."""
+    there is one, else from the landing log (with a ``layout``: cells ready for its CSV).
+    With ``engine`` "spark": Spark over the sealed day, sealing the (closed) day first."""
+    if engine not in ENGINES:
+        raise UsageError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    if engine == "spark":
+        if archive_dir is None:
+            raise UsageError("the spark engine reads the archive: no archive folder given")
+        from . import spark
+        paths = [seal_day(landing_db, archive_dir, account_id, day)]
+        if layout is not None:
+            cells, events = spark.aggregate_cells(paths, layout)
+            return DayAggregate(account_id, day, day_window(day), [], events, cells, layout)
+        rows, events = spark.aggregate_table(paths)
+        return DayAggregate(account_id, day, day_window(day), rows, events)
     sealed = sealed_path(archive_dir, account_id, day) if archive_dir else None
     source = sealed if sealed and sealed.exists() else read_day(landing_db, account_id, day)
     if layout is not None:
@@ -241,8 +259,10 @@ def counted_day(landing_db: Path, account_id: str, day: date,
 
 
 def aggregate_day(landing_db: Path, account_id: str, day: date, *, rebuild: bool = False,
-                  layout: str | None = None, archive_dir: Path | None = None) -> DayAggregate:
-    """The day's metrics: from the counters, or (``rebuild``) from the raw events."""
-    if rebuild:
-        return rebuild_day(landing_db, account_id, day, archive_dir, layout)
+                  layout: str | None = None, archive_dir: Path | None = None,
+                  engine: str = "duckdb") -> DayAggregate:
+    """The day's metrics: from the counters, or (``rebuild``, or the spark ``engine``, which
+    always rebuilds from the archive) from the raw events."""
+    if rebuild or engine != "duckdb":
+        return rebuild_day(landing_db, account_id, day, archive_dir, layout, engine)
     return counted_day(landing_db, account_id, day, layout)
