@@ -480,10 +480,11 @@ def report_run(ctx: click.Context, account_id: str, day: str, replace: bool,
 @click.option("--to", "last", required=True, help="Last UTC day (closed), YYYY-MM-DD.")
 @click.option("--replace", is_flag=True, help="Regenerate days that were delivered already.")
 @click.option("--attempts", default=3, show_default=True, help="Tries per object.")
+@_ENGINE
 @click.pass_context
 @_errors
 def report_backfill(ctx: click.Context, account_id: str, first: str, last: str, replace: bool,
-                    attempts: int) -> None:
+                    attempts: int, engine: str | None) -> None:
     """Produce and deliver every closed day from --from to --to, oldest first, with progress."""
     from rich.progress import Progress
 
@@ -497,8 +498,8 @@ def report_backfill(ctx: click.Context, account_id: str, first: str, last: str, 
     with Progress(console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(f"{account_id} {start}..{end}", total=len(days))
         for day in days:
-            outcome = daily.deliver_day(ctx.obj, account_id, day, now=time.time,
-                                        replace=replace, attempts=attempts,
+            outcome = daily.deliver_day(_with_engine(ctx.obj, engine), account_id, day,
+                                        now=time.time, replace=replace, attempts=attempts,
                                         backoff=Backoff(base=0.5, cap=5),
                                         actor=audit.local_actor())
             progress.advance(task)
