@@ -11,6 +11,8 @@ recovery path. Timed, each in a fresh process so that its peak RSS is its own, m
   delivery, in the background);
 - full rebuild: every raw event of the sealed day -> DuckDB -> the CSV parts; and, once, the
   same rebuild straight from the landing log (a day not sealed);
+- Spark rebuild: the sealed day -> Spark (local[2], kiro_activity.spark) -> the CSV parts, with
+  the session's start (a JVM) measured apart, and the peak memory of that JVM;
 - reference: DuckDB's own GROUP BY/pivot, written by hand, over a typed columnar (Parquet) copy
   of the same raw events made in setup; and a bare scan of the raw events as the landing log
   streams them (what any rebuild from the log must at least pay).
@@ -105,10 +107,10 @@ def reference_query(parquet: Path) -> str:
             " ORDER BY user_id")
 
 
-def peak_rss_mib() -> float:
+def peak_rss_mib(status: Path = Path("/proc/self/status")) -> float:
     """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited through the
-    fork and exec that started it)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+    fork and exec that started it), or that of the process whose ``status`` is given."""
+    for line in status.read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -122,11 +124,24 @@ def measure(kind: str, db: Path) -> dict[str, float]:
     if kind == "seal":
         seal(db, archive, now=now.timestamp())
         users = 0
+    elif kind == "rebuild_spark":
+        from kiro_activity import spark
+        spark.session()
+        startup, started = time.perf_counter() - started, time.perf_counter()
+        agg = rebuild_day(db, ACCOUNT, DAY, archive, "documented", engine="spark")
+        drop = build_drop(agg, region=REGION, prefix="reports", layout="documented",
+                          generated_at=now)
+        seconds = time.perf_counter() - started
+        jvm = spark.session().sparkContext._gateway.proc.pid  # the JVM: exec'd by spark-submit
+        peak = peak_rss_mib(Path(f"/proc/{jvm}/status"))
+        spark.stop()
+        return {"seconds": seconds, "peak_mib": peak, "users": drop.users, "startup": startup}
     elif kind in ("daily", "rebuild", "rebuild_log"):
         agg = (counted_day(db, ACCOUNT, DAY, "documented") if kind == "daily"
                else rebuild_day(db, ACCOUNT, DAY, archive if kind == "rebuild" else None,
                                 "documented"))
-        drop = build_drop(agg, region=REGION, prefix="reports", generated_at=now)
+        drop = build_drop(agg, region=REGION, prefix="reports", layout="documented",
+                          generated_at=now)
         users = drop.users
     else:
         con = duckdb.connect()
@@ -170,12 +185,13 @@ def main() -> None:
             write_typed_copy(db, db.with_suffix(".parquet"))
         sealed = db.parent / "archive" / ACCOUNT / f"{DAY.isoformat()}.parquet"
         sealed.unlink(missing_ok=True)
-        kinds = ["seal", "daily", "rebuild", "reference", "rebuild_log", "scan"]
+        kinds = ["seal", "daily", "rebuild", "rebuild_spark", "reference", "rebuild_log",
+                 "scan"]
         results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
         for kind in ("seal", "rebuild_log", "scan"):  # slow, and the same each time: once
             results[kind].append(run(kind, db))
         for _ in range(args.rounds):
-            for kind in ("daily", "rebuild", "reference"):
+            for kind in ("daily", "rebuild", "rebuild_spark", "reference"):
                 results[kind].append(run(kind, db))
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("seconds", "peak_mib")}
            for k, v in results.items()}
@@ -184,6 +200,7 @@ def main() -> None:
     labels = {"seal": "seal the closed day (once, after delivery)",
               "daily": "daily report (counters -> CSV)",
               "rebuild": "full rebuild (sealed day -> DuckDB -> CSV)",
+              "rebuild_spark": "full rebuild (sealed day -> Spark -> CSV)",
               "rebuild_log": "full rebuild from the landing log",
               "reference": "DuckDB's own pivot (typed Parquet copy)",
               "scan": "bare scan of the raw events"}
@@ -192,10 +209,16 @@ def main() -> None:
         print(f"{labels[kind]:44s} {med[kind]['seconds']:7.2f} s   "
               f"peak {med[kind]['peak_mib']:6.0f} MiB   "
               f"(runs: {runs}; users {int(results[kind][0]['users']):,})")
+    startups = ", ".join(f"{r['startup']:.2f}" for r in results["rebuild_spark"])
+    print(f"{'  + Spark session start (JVM), not above':44s} "
+          f"{statistics.median(r['startup'] for r in results['rebuild_spark']):7.2f} s   "
+          f"(runs: {startups}; the Spark peak is its JVM's)")
     ratio = med["rebuild"]["seconds"] / med["reference"]["seconds"]
     print(f"daily report: {med['daily']['seconds']:.2f} s (target <= 1 s for 100,000 users)")
     print(f"rebuild / DuckDB's own pivot: {ratio:.2f} (target <= 1.0); "
           "peak memory target <= 1536 MiB")
+    print(f"Spark rebuild / DuckDB rebuild: "
+          f"{med['rebuild_spark']['seconds'] / med['rebuild']['seconds']:.2f}")
 
 
 if __name__ == "__main__":

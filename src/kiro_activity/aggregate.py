@@ -10,6 +10,7 @@ reader, and only the fields the rules use are extracted.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -20,9 +21,13 @@ import duckdb
 import pyarrow as pa
 
 from . import counters, events, landing
+from .errors import UsageError
 from .metrics import AMOUNT_MAX, METRICS, SUM_MAX, Rule, column_order, numeric_fields, text_fields
 
 DAY_US = 86_400_000_000
+#: what computes a rebuild: DuckDB in this process (the default), or Spark (:mod:`.spark`),
+#: which reads the sealed day
+ENGINES = ("duckdb", "spark")
 NUMBER_TYPES = "('UBIGINT', 'BIGINT', 'DOUBLE')"
 
 
@@ -210,10 +215,28 @@ def day_source(landing_db: Path, account_id: str, day: date,
 
 
 def rebuild_day(landing_db: Path, account_id: str, day: date,
-                archive_dir: Path | None = None, layout: str | None = None) -> DayAggregate:
-    """The full rebuild: DuckDB over every raw event of the day, from the archive and its
-    unsealed tail when the day is archived, else from the landing log (with a ``layout``:
-    cells ready for its CSV)."""
+                archive_dir: Path | None = None, layout: str | None = None,
+                engine: str = "duckdb") -> DayAggregate:
+    """The full rebuild over every raw event of the day: from the archive and its unsealed
+    tail when the day is archived, else from the landing log (with a ``layout``: cells ready
+    for its CSV). ``engine`` "spark": Spark over the archive's segments of the day, sealing
+    the archive first so that they hold every event of the (closed) day."""
+    if engine not in ENGINES:
+        raise UsageError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    if engine == "spark":
+        if archive_dir is None:
+            raise UsageError("the spark engine reads the archive: no archive folder given")
+        from . import archive, spark
+        archive.seal(landing_db, archive_dir, now=time.time())
+        paths = archive.day_files(landing_db, archive_dir, account_id, day)
+        if archive.tail(landing_db, account_id, day).read_all().num_rows:
+            raise UsageError(f"{day} has events not sealed yet: the spark engine reads "
+                             "closed, sealed days (try again in a moment)")
+        if layout is not None:
+            cells, events = spark.aggregate_cells(paths, layout)
+            return DayAggregate(account_id, day, day_window(day), [], events, cells, layout)
+        rows, events = spark.aggregate_table(paths)
+        return DayAggregate(account_id, day, day_window(day), rows, events)
     source = day_source(landing_db, account_id, day, archive_dir)
     if layout is not None:
         cells, events = aggregate_cells(source, layout)
@@ -241,8 +264,10 @@ def counted_day(landing_db: Path, account_id: str, day: date,
 
 
 def aggregate_day(landing_db: Path, account_id: str, day: date, *, rebuild: bool = False,
-                  layout: str | None = None, archive_dir: Path | None = None) -> DayAggregate:
-    """The day's metrics: from the counters, or (``rebuild``) from the raw events."""
-    if rebuild:
-        return rebuild_day(landing_db, account_id, day, archive_dir, layout)
+                  layout: str | None = None, archive_dir: Path | None = None,
+                  engine: str = "duckdb") -> DayAggregate:
+    """The day's metrics: from the counters, or (``rebuild``, or the spark ``engine``, which
+    always rebuilds from the archive) from the raw events."""
+    if rebuild or engine != "duckdb":
+        return rebuild_day(landing_db, account_id, day, archive_dir, layout, engine)
     return counted_day(landing_db, account_id, day, layout)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from . import archive, audit, daily, landing, metrics, retention, store
+from . import aggregate, archive, audit, daily, landing, metrics, retention, store
 from . import settings as settings_mod
 from .config import Config
 from .deliver import Backoff
@@ -410,6 +410,19 @@ def report() -> None:
     """Build, deliver and inspect the daily per-user activity reports."""
 
 
+_ENGINE = click.option(
+    "--engine", type=click.Choice(aggregate.ENGINES),
+    help="What computes the day: duckdb (the counters, or with --rebuild DuckDB over the raw "
+         "events), or spark (Apache Spark over the archive's segments, always a rebuild; needs "
+         "kiro-activity[spark]). [default: KIRO_ACTIVITY_ENGINE, else duckdb]")
+
+
+def _with_engine(config: Config, engine: str | None) -> Config:
+    from dataclasses import replace
+
+    return config if engine is None else replace(config, engine=engine)
+
+
 @report.command("build")
 @click.option("--account", "account_id", required=True)
 @click.option("--date", "day", required=True, help="The UTC day, YYYY-MM-DD (today: so far).")
@@ -417,14 +430,15 @@ def report() -> None:
               help="Folder to write the files under, at their keys.")
 @click.option("--rebuild", is_flag=True,
               help="Compute from every raw event instead of the per-user-day counters.")
+@_ENGINE
 @click.pass_context
 @_errors
 def report_build(ctx: click.Context, account_id: str, day: str, out: Path,
-                 rebuild: bool) -> None:
+                 rebuild: bool, engine: str | None) -> None:
     """Write a day's report files under OUT without delivering them; prints their paths."""
     conn = _control(ctx)
     account = store.require_account(conn, account_id)
-    drop = daily.render(ctx.obj, account, settings_mod.get(conn, account_id),
+    drop = daily.render(_with_engine(ctx.obj, engine), account, settings_mod.get(conn, account_id),
                         daily.check_day(day), now=time.time(), rebuild=rebuild)
     for obj in drop.objects:
         path = out / obj.key
@@ -439,18 +453,19 @@ def report_build(ctx: click.Context, account_id: str, day: str, out: Path,
 @click.option("--date", "day", required=True, help="A closed UTC day, YYYY-MM-DD.")
 @click.option("--replace", is_flag=True, help="Regenerate and overwrite a delivered day.")
 @click.option("--attempts", default=3, show_default=True, help="Tries per object.")
+@_ENGINE
 @click.pass_context
 @_errors
 def report_run(ctx: click.Context, account_id: str, day: str, replace: bool,
-               attempts: int) -> None:
+               attempts: int, engine: str | None) -> None:
     """Produce and deliver a closed day now (resumes a planned one; idempotent)."""
     when = daily.check_day(day)
     if not daily.closed(when, time.time()):
         raise UsageError(f"{when} is not closed yet (it closes at 00:00 UTC); "
                          "use 'report build' to look at it so far")
-    outcome = daily.deliver_day(ctx.obj, account_id, when, now=time.time, replace=replace,
-                                attempts=attempts, backoff=Backoff(base=0.5, cap=5),
-                                actor=audit.local_actor())
+    outcome = daily.deliver_day(_with_engine(ctx.obj, engine), account_id, when, now=time.time,
+                                replace=replace, attempts=attempts,
+                                backoff=Backoff(base=0.5, cap=5), actor=audit.local_actor())
     for key, result in outcome.objects:
         click.echo(f"{result}\t{key}")
     if outcome.state == "failed":
@@ -465,10 +480,11 @@ def report_run(ctx: click.Context, account_id: str, day: str, replace: bool,
 @click.option("--to", "last", required=True, help="Last UTC day (closed), YYYY-MM-DD.")
 @click.option("--replace", is_flag=True, help="Regenerate days that were delivered already.")
 @click.option("--attempts", default=3, show_default=True, help="Tries per object.")
+@_ENGINE
 @click.pass_context
 @_errors
 def report_backfill(ctx: click.Context, account_id: str, first: str, last: str, replace: bool,
-                    attempts: int) -> None:
+                    attempts: int, engine: str | None) -> None:
     """Produce and deliver every closed day from --from to --to, oldest first, with progress."""
     from rich.progress import Progress
 
@@ -482,8 +498,8 @@ def report_backfill(ctx: click.Context, account_id: str, first: str, last: str, 
     with Progress(console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(f"{account_id} {start}..{end}", total=len(days))
         for day in days:
-            outcome = daily.deliver_day(ctx.obj, account_id, day, now=time.time,
-                                        replace=replace, attempts=attempts,
+            outcome = daily.deliver_day(_with_engine(ctx.obj, engine), account_id, day,
+                                        now=time.time, replace=replace, attempts=attempts,
                                         backoff=Backoff(base=0.5, cap=5),
                                         actor=audit.local_actor())
             progress.advance(task)

@@ -70,6 +70,10 @@ class Config:
     writer_principal: str = "q.amazonaws.com"
     #: answer single telemetry events straight from the HTTP parser (:mod:`.fastpath`)
     fast_path: bool = True
+    #: what rebuilds a day from its raw events: "duckdb" in this process, or "spark" (Apache
+    #: Spark over the sealed day, always rebuilt; needs ``kiro-activity[spark]``, and
+    #: ``KIRO_ACTIVITY_SPARK_MASTER`` for a cluster: docs/scaling.md)
+    engine: str = "duckdb"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:

@@ -76,11 +76,15 @@ def _plan_row(conn: sqlite3.Connection, account_id: str, day: date) -> tuple[obj
 
 def render(config: Config, account: Account, s: settings_mod.Settings, day: date, *,
            now: float, rebuild: bool = False) -> Drop:
-    """The day's objects under the account's settings (from the counters, or rebuilt)."""
+    """The day's objects under the account's settings (from the counters, or rebuilt; with
+    the spark engine, rebuilt by Spark from the archive, so only for a closed day)."""
     check_retained(config, day, now)
+    if config.engine == "spark" and not closed(day, now):
+        raise UsageError(f"{day} is not closed yet: the spark engine reads the sealed day, "
+                         "written once the day is closed (use the duckdb engine for it so far)")
     prefix = split_location(s.s3_uri)[1] if s.s3_uri else ""
     agg = aggregate_day(config.landing_db, account.account_id, day, layout=s.layout,
-                        rebuild=rebuild, archive_dir=config.archive_dir)
+                        rebuild=rebuild, archive_dir=config.archive_dir, engine=config.engine)
     return build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
                       generated_at=datetime.fromtimestamp(now, UTC), partial=not closed(day, now),
                       manifest=s.manifest or not s.s3_uri)

@@ -4,10 +4,10 @@ Two windows, both counted in whole UTC days back from today:
 
 * ``dedupe_days`` (default 30): how long a ``clientToken`` is recognised, and so how long raw
   events stay in the landing log. An older day's events leave it only once the archive holds
-  them: the day is sealed as Parquet (:func:`.aggregate.seal_day`, written to a temporary file,
-  fsync'd, renamed) and the sealed file's row count is checked against the landing log's count
-  for that account and day just before the delete. A day that cannot be sealed, or whose count
-  does not match, stays in the landing log and is tried again at the next run.
+  them: just before the delete, the archive's ledger (:mod:`.archive`) must cover every event
+  of that account and day, and each of its segment files be there with the size and row count
+  the ledger recorded (a damaged one is first written again from the landing log). A day that
+  cannot be sealed or checked stays in the landing log and is tried again at the next run.
 * ``retention_days`` (default 90): how long the archive, the per-user-day counters (which the
   reports and the dashboard read), the dashboard's snapshots and the delivery ledger's frozen
   report files keep a day; older days are deleted, and a report of such a day is refused.
