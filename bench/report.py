@@ -1,17 +1,18 @@
 """Report benchmark: one account's day of 100,000 users and 10,000,000 events.
 
-    python bench/report.py [--users 100000] [--events 10000000] [--rounds 3]
+    python bench/report.py [--users 100000] [--events 10000000] [--rounds 3] [--no-spark]
+    python bench/report.py --sizes 100000,1000000,10000000   # and how each time grows per x10
 
 Setup (not timed): raw events written straight into a landing log (realistic bodies of every
 member, from a pool), then the per-user-day counters brought up to date by the landing log's own
 recovery path. Timed, each in a fresh process so that its peak RSS is its own, median of rounds:
 
 - daily report: the per-user-day counters -> the CSV parts (what the 00:00 run does);
-- seal: the closed day's raw events from the landing log to typed Parquet (once per day, after
-  delivery, in the background);
-- full rebuild: every raw event of the sealed day -> DuckDB -> the CSV parts; and, once, the
-  same rebuild straight from the landing log (a day not sealed);
-- Spark rebuild: the sealed day -> Spark (local[2], kiro_activity.spark) -> the CSV parts, with
+- seal: the day's raw events from the landing log into the archive's typed Parquet segments
+  (the service does it every 5 minutes, so this is a whole day at once, as after an upgrade);
+- full rebuild: every raw event of the archived day -> DuckDB -> the CSV parts; and, once, the
+  same rebuild straight from the landing log (a day not archived at all);
+- Spark rebuild: the archived day -> Spark (local[2], kiro_activity.spark) -> the CSV parts, with
   the session's start (a JVM) measured apart, and the peak memory of that JVM;
 - reference: DuckDB's own GROUP BY/pivot, written by hand, over a typed columnar (Parquet) copy
   of the same raw events made in setup; and a bare scan of the raw events as the landing log
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import random
 import resource
 import statistics
@@ -162,11 +164,86 @@ def run(kind: str, db: Path) -> dict[str, float]:
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def reset_archive(db: Path) -> None:
+    """No segment yet: the seal below seals the whole day, as after an upgrade."""
+    import shutil
+
+    from kiro_activity import archive as archive_mod
+    shutil.rmtree(db.parent / "archive", ignore_errors=True)
+    conn = archive_mod.connect(db)
+    try:
+        conn.execute("DELETE FROM archive_segments")
+        conn.execute("UPDATE archive_meta SET sealed_seq = 0")
+    finally:
+        conn.close()
+
+
+LABELS = {"seal": "seal the day into the archive (segments)",
+          "daily": "daily report (counters -> CSV)",
+          "rebuild": "full rebuild (archive -> DuckDB -> CSV)",
+          "rebuild_spark": "full rebuild (archive -> Spark -> CSV)",
+          "rebuild_log": "full rebuild from the landing log",
+          "reference": "DuckDB's own pivot (typed Parquet copy)",
+          "scan": "bare scan of the raw events"}
+
+
+def bench_size(args: argparse.Namespace, users: int, events: int
+               ) -> dict[str, dict[str, float]]:
+    """Every measurement for one size: the medians (and prints them)."""
+    with tempfile.TemporaryDirectory(prefix="kiro-report-bench-") as tmp:
+        db = args.db or (args.keep or Path(tmp)) / f"landing-{events}.db"
+        if not args.db:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            print(f"setup: {users:,} users, {events:,} events", file=sys.stderr)
+            setup(db, users, events)
+        if not db.with_suffix(".parquet").exists():
+            write_typed_copy(db, db.with_suffix(".parquet"))
+        reset_archive(db)
+        kinds = ["seal", "daily", "rebuild", "rebuild_spark", "reference", "rebuild_log",
+                 "scan"]
+        if args.no_spark:
+            kinds.remove("rebuild_spark")
+        results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+        for kind in ("seal", "rebuild_log", "scan"):  # slow, and the same each time: once
+            results[kind].append(run(kind, db))
+        for _ in range(args.rounds):
+            for kind in ("daily", "rebuild", "rebuild_spark", "reference"):
+                if kind in results:
+                    results[kind].append(run(kind, db))
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("seconds", "peak_mib")}
+           for k, v in results.items()}
+    print(f"\n== report of one day: {users:,} users, {events:,} events "
+          f"(median of {args.rounds}) ==")
+    for kind in kinds:
+        runs = ", ".join(f"{r['seconds']:.2f}" for r in results[kind])
+        print(f"{LABELS[kind]:44s} {med[kind]['seconds']:7.2f} s   "
+              f"peak {med[kind]['peak_mib']:6.0f} MiB   "
+              f"(runs: {runs}; users {int(results[kind][0]['users']):,})")
+    if "rebuild_spark" in results:
+        startups = ", ".join(f"{r['startup']:.2f}" for r in results["rebuild_spark"])
+        print(f"{'  + Spark session start (JVM), not above':44s} "
+              f"{statistics.median(r['startup'] for r in results['rebuild_spark']):7.2f} s   "
+              f"(runs: {startups}; the Spark peak is its JVM's)")
+    ratio = med["rebuild"]["seconds"] / med["reference"]["seconds"]
+    print(f"daily report: {med['daily']['seconds']:.2f} s (target <= 1 s for 100,000 users)")
+    print(f"rebuild of an archived day / DuckDB's own pivot: {ratio:.2f} (target <= 2); "
+          f"of a day not archived at all (from the landing log): "
+          f"{med['rebuild_log']['seconds'] / med['reference']['seconds']:.2f}; "
+          "peak memory target <= 1536 MiB")
+    if "rebuild_spark" in results:
+        print(f"Spark rebuild / DuckDB rebuild: "
+              f"{med['rebuild_spark']['seconds'] / med['rebuild']['seconds']:.2f}")
+    return med
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--sizes", help="Several sizes in one run, events per size, comma "
+                        "separated (users: events / 100): prints how each time grows per x10.")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-spark", action="store_true", help="Leave out the Spark rebuild.")
     parser.add_argument("--measure")
     parser.add_argument("--db", type=Path, help="Reuse this landing log (made by a run with "
                         "--keep) instead of writing a new one.")
@@ -175,50 +252,19 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(args.measure, args.db)))
         return
-    with tempfile.TemporaryDirectory(prefix="kiro-report-bench-") as tmp:
-        db = args.db or (args.keep or Path(tmp)) / "landing.db"
-        if not args.db:
-            db.parent.mkdir(parents=True, exist_ok=True)
-            print(f"setup: {args.users:,} users, {args.events:,} events", file=sys.stderr)
-            setup(db, args.users, args.events)
-        if not db.with_suffix(".parquet").exists():
-            write_typed_copy(db, db.with_suffix(".parquet"))
-        sealed = db.parent / "archive" / ACCOUNT / f"{DAY.isoformat()}.parquet"
-        sealed.unlink(missing_ok=True)
-        kinds = ["seal", "daily", "rebuild", "rebuild_spark", "reference", "rebuild_log",
-                 "scan"]
-        results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
-        for kind in ("seal", "rebuild_log", "scan"):  # slow, and the same each time: once
-            results[kind].append(run(kind, db))
-        for _ in range(args.rounds):
-            for kind in ("daily", "rebuild", "rebuild_spark", "reference"):
-                results[kind].append(run(kind, db))
-    med = {k: {m: statistics.median(r[m] for r in v) for m in ("seconds", "peak_mib")}
-           for k, v in results.items()}
-    print(f"\n== report of one day: {args.users:,} users, {args.events:,} events "
-          f"(median of {args.rounds}) ==")
-    labels = {"seal": "seal the closed day (once, after delivery)",
-              "daily": "daily report (counters -> CSV)",
-              "rebuild": "full rebuild (sealed day -> DuckDB -> CSV)",
-              "rebuild_spark": "full rebuild (sealed day -> Spark -> CSV)",
-              "rebuild_log": "full rebuild from the landing log",
-              "reference": "DuckDB's own pivot (typed Parquet copy)",
-              "scan": "bare scan of the raw events"}
-    for kind in kinds:
-        runs = ", ".join(f"{r['seconds']:.2f}" for r in results[kind])
-        print(f"{labels[kind]:44s} {med[kind]['seconds']:7.2f} s   "
-              f"peak {med[kind]['peak_mib']:6.0f} MiB   "
-              f"(runs: {runs}; users {int(results[kind][0]['users']):,})")
-    startups = ", ".join(f"{r['startup']:.2f}" for r in results["rebuild_spark"])
-    print(f"{'  + Spark session start (JVM), not above':44s} "
-          f"{statistics.median(r['startup'] for r in results['rebuild_spark']):7.2f} s   "
-          f"(runs: {startups}; the Spark peak is its JVM's)")
-    ratio = med["rebuild"]["seconds"] / med["reference"]["seconds"]
-    print(f"daily report: {med['daily']['seconds']:.2f} s (target <= 1 s for 100,000 users)")
-    print(f"rebuild / DuckDB's own pivot: {ratio:.2f} (target <= 1.0); "
-          "peak memory target <= 1536 MiB")
-    print(f"Spark rebuild / DuckDB rebuild: "
-          f"{med['rebuild_spark']['seconds'] / med['rebuild']['seconds']:.2f}")
+    if not args.sizes:
+        bench_size(args, args.users, args.events)
+        return
+    sizes = [int(n) for n in args.sizes.split(",")]
+    meds = [bench_size(args, max(1, n // 100), n) for n in sizes]
+    print("\n== growth: time per x10 events ==")
+    for kind in meds[0]:
+        steps = []
+        for i in range(len(sizes) - 1):
+            (a, ma), (b, mb) = (sizes[i], meds[i]), (sizes[i + 1], meds[i + 1])
+            per10 = (mb[kind]["seconds"] / ma[kind]["seconds"]) ** (1 / math.log10(b / a))
+            steps.append(f"{a:,}->{b:,}: x{per10:.1f}")
+        print(f"{LABELS[kind]:44s} " + "; ".join(steps))
 
 
 if __name__ == "__main__":

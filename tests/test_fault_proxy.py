@@ -262,12 +262,16 @@ def test_an_outage_of_days_ends_delivered_oldest_day_first(
         if now[0] > healed and not pending:
             break
     assert not pending and blind_during == 0 and shown_during > 0
+    reports = [key for key in proxy.order if "/by_user_analytic/" in key]
     stamps = [next(f"{d:%Y%m%d}" for d in days if f"_{d:%Y%m%d}0000" in key)
-              for key in proxy.order]
+              for key in reports]
     assert stamps == sorted(stamps) and len(set(stamps)) == 3, stamps  # oldest day first
-    assert set(proxy.landed.values()) == {1}  # each object put once
+    assert set(proxy.landed.values()) == {1}  # each object put once (the archive's too)
     listed = {o["Key"] for o in direct.list_objects_v2(Bucket=bucket)["Contents"]}
     assert len(listed) == len(proxy.order)
+    assert any("/telemetry_archive/" in key for key in listed)  # it went through too
     print(f"outage: simulated_hours=54 wakes={wakes} failed_puts={proxy.injected} "
           f"error_shown={shown_during}/{shown_during + blind_during} days_delivered=3 "
-          f"order=oldest_first objects={len(listed)}")
+          f"order=oldest_first report_objects="
+          f"{sum('/telemetry_archive/' not in k for k in listed)} archive_objects="
+          f"{sum('/telemetry_archive/' in k for k in listed)}")

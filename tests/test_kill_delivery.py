@@ -67,9 +67,12 @@ def report_run(data: Path, kill_at: str | None = None) -> subprocess.CompletedPr
                           env=env, timeout=120)
 
 
-def bucket_objects(s3: Any, bucket: str) -> dict[str, bytes]:
+def bucket_objects(s3: Any, bucket: str, archive: bool = False) -> dict[str, bytes]:
+    """The report objects in the bucket (or, with ``archive``, the telemetry archive's, which
+    the serving process puts beside them)."""
     listed = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
-    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed
+            if ("/telemetry_archive/" in o["Key"]) == archive}
 
 
 def planned(data: Path) -> dict[str, bytes]:
