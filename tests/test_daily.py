@@ -265,3 +265,36 @@ def test_no_manifest_when_the_policy_allows_only_the_csv_files(
     assert settings.get(conn, ACCOUNT).manifest is True
     s3.close()
     conn.close()
+
+
+def test_a_run_that_ends_after_midnight_does_not_skip_that_midnight(config: Config) -> None:
+    """The run at start (catch-up, sealing the archive ...) began before a midnight and ended
+    after it: the next run comes at once, not at the following midnight (a day late)."""
+    import asyncio
+    import math
+
+    clock = [datetime(2026, 11, 30, 23, 59, 59, tzinfo=UTC).timestamp()]
+    sched = Scheduler(config, lambda: clock[0])
+    sched.next_seal = math.inf
+    calls: list[float] = []
+
+    def run_due() -> list[Any]:
+        calls.append(clock[0])
+        clock[0] += 2  # this run takes 2 s: across midnight
+        return []
+
+    sched.run_due = run_due  # type: ignore[method-assign]
+
+    async def nothing() -> None:
+        pass
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(sched.run(stop, nothing, tick=0.01))
+        await asyncio.sleep(0.5)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    assert calls[:2] == [clock[0] - 4, clock[0] - 2]  # the second run right after the first
+    assert len(calls) == 2  # and then not again before the next midnight

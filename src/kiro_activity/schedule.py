@@ -120,8 +120,11 @@ class Scheduler:
             log.exception("could not put the archive in the accounts' buckets (tried again "
                           "at the next sealing)")
 
-    def next_wake(self) -> float:
-        now = self.clock()
+    def next_wake(self, since: float | None = None) -> float:
+        """When to run next: the first midnight (or dashboard settling, or retry) after
+        ``since`` (default: now). A run that started before a midnight and ended after it
+        passes its start, so that the midnight it overran is not skipped."""
+        now = self.clock() if since is None else since
         settle = next_midnight(now) - 86_400 + usage.GRACE_SECONDS + 1  # the dashboard's warm-up
         if settle <= now:
             settle += 86_400
@@ -133,12 +136,13 @@ class Scheduler:
         sealing the archive every ``seal_interval`` seconds in between."""
         while not stop.is_set():
             await barrier()  # every event received before now is committed
+            started = self.clock()
             try:
                 await asyncio.to_thread(self.run_due)
             except Exception:
                 log.exception("the daily run failed; trying again later")
                 self.retry_at["*"] = self.clock() + 60
-            wake = self.next_wake()
+            wake = self.next_wake(since=started)  # a midnight passed during the run: now
             while not stop.is_set() and self.clock() < wake:
                 if self.clock() >= self.next_seal:  # between the daily runs: the archive
                     await asyncio.to_thread(self.seal)
