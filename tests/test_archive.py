@@ -278,8 +278,9 @@ def test_segments_go_to_the_account_bucket_once_with_the_put_rules(
         tmp_path: Path, aws_env: None, moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import boto3
 
-    from kiro_activity import location, settings, store
+    from kiro_activity import daily, location, settings, store
     from kiro_activity.config import Config as _Config
+    from kiro_activity.errors import TransientDeliveryError
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)
     s3 = boto3.session.Session().client("s3", region_name="us-east-1")
@@ -296,7 +297,21 @@ def test_segments_go_to_the_account_bucket_once_with_the_put_rules(
     rng = random.Random(8)
     add(config, at(DAY, 9), 30, rng)
     archive.seal(config.landing_db, config.archive_dir, now=at(DAY, 9.1))
+
+    class Outage:  # S3 down: the admin is shown why the archive is not in the bucket
+        def put(self, key: str, data: bytes, **kw: object) -> object:
+            raise TransientDeliveryError("SlowDown: injected", code="SlowDown")
+
+    failed = archive.upload(config, destinations={ACCOUNT: Outage()})  # type: ignore[dict-item]
+    assert failed.errors and failed.put == 0
+    conn = store.connect(config.control_db)
+    shown = daily.status(conn, ACCOUNT)["archive_error"]
+    conn.close()
+    assert shown is not None and "SlowDown" in shown["message"]
     first = archive.upload(config)
+    conn = store.connect(config.control_db)
+    assert daily.status(conn, ACCOUNT)["archive_error"] is None  # cleared by the next put
+    conn.close()
     add(config, at(DAY, 20), 30, rng)
     archive.seal(config.landing_db, config.archive_dir, now=at(DAY, 20.1))
     # a run killed after its put, before the ledger heard of it: the put is refused (412)

@@ -519,6 +519,7 @@ def upload(config: Config, *, destinations: dict[str, Destination] | None = None
     conn = connect(config.landing_db)
     try:
         for account, s in targets:
+            failed = False
             bucket, prefix = split_location(s.s3_uri or "")
             dest = (destinations or {}).get(account.account_id) or S3Destination(
                 bucket, expected_owner=account.account_id, region=account.region, sse=s.sse,
@@ -533,6 +534,8 @@ def upload(config: Config, *, destinations: dict[str, Destination] | None = None
                     out.errors[account.account_id] = str(exc)
                     log.warning("the archive of %s is not in its bucket yet: %s",
                                 account.account_id, exc)
+                    _note_error(config, account.account_id, str(exc))
+                    failed = True
                     break
                 with store.transaction(conn):
                     conn.execute("UPDATE archive_segments SET remote = ? WHERE account_id = ?"
@@ -543,6 +546,23 @@ def upload(config: Config, *, destinations: dict[str, Destination] | None = None
                     out.already_there += 1
                 else:
                     out.put += 1
+            if not failed:
+                _note_error(config, account.account_id, None)
     finally:
         conn.close()
     return out
+
+
+def _note_error(config: Config, account_id: str, message: str | None) -> None:
+    """Keep (or, with None, clear) the account's last archive upload error for its admins."""
+    control = store.connect(config.control_db)
+    try:
+        with store.transaction(control):
+            if message is None:
+                control.execute("DELETE FROM archive_errors WHERE account_id = ?",
+                                (account_id,))
+            else:
+                control.execute("INSERT OR REPLACE INTO archive_errors VALUES (?, ?, ?)",
+                                (account_id, time.time(), message))
+    finally:
+        control.close()

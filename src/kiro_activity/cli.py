@@ -554,6 +554,9 @@ def report_status(ctx: click.Context, account_id: str, as_json: bool) -> None:
     err = info["last_error"]
     if err:
         click.echo(f"last delivery error: {err}", err=True)
+    if info["archive_error"]:
+        click.echo(f"telemetry archive not in the bucket yet: {info['archive_error']}",
+                   err=True)
 
 
 @main.command("purge")

@@ -247,7 +247,8 @@ def due_days(conn: sqlite3.Connection, account_id: str, *, now: float,
 
 
 def status(conn: sqlite3.Connection, account_id: str) -> dict[str, object]:
-    """Each planned day's delivery state, and the last delivery error."""
+    """Each planned day's delivery state, the last delivery error, and the last failure to
+    put the telemetry archive in the account's bucket (until a put succeeds)."""
     require_account(conn, account_id)
     days = [
         {"day": day, "layout": layout, "destination": dest, "users": users, "events": events,
@@ -266,7 +267,11 @@ def status(conn: sqlite3.Connection, account_id: str) -> dict[str, object]:
     last_error = None if err is None else {
         "at": err[0], "day": err[1], "code": err[2], "message": err[3],
         "kind": "configuration" if err[4] else "transient"}
-    return {"account_id": account_id, "days": days, "last_error": last_error}
+    archived = conn.execute("SELECT at, message FROM archive_errors WHERE account_id = ?",
+                            (account_id,)).fetchone()
+    archive_error = None if archived is None else {"at": archived[0], "message": archived[1]}
+    return {"account_id": account_id, "days": days, "last_error": last_error,
+            "archive_error": archive_error}
 
 
 def check_day(day_text: str) -> date:

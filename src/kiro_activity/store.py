@@ -115,6 +115,12 @@ CREATE TABLE IF NOT EXISTS delivery_errors (
     message       TEXT NOT NULL,
     configuration INTEGER NOT NULL
 );
+-- the last failure to put the telemetry archive in the account's bucket, until a put succeeds
+CREATE TABLE IF NOT EXISTS archive_errors (
+    account_id TEXT PRIMARY KEY,
+    at         REAL NOT NULL,
+    message    TEXT NOT NULL
+);
 """
 
 ACCOUNT_RE = re.compile(r"\d{12}")
