@@ -64,9 +64,11 @@ SCHEMA = pa.schema([(name, pa.string()) for name in
 BATCH = 50_000
 
 
-def read_day(landing_db: Path, account_id: str, day: date) -> pa.RecordBatchReader:
-    """The account's events received in ``day`` (user_id, member, ide_category, body), streamed
-    in batches so that a day of any size is aggregated in bounded memory."""
+def read_day(landing_db: Path, account_id: str, day: date,
+             after_seq: int = 0) -> pa.RecordBatchReader:
+    """The account's events received in ``day`` (user_id, member, ide_category, body), those
+    past ``after_seq`` only (the archive's unsealed tail), streamed in batches so that a day of
+    any size is aggregated in bounded memory."""
     start, end = day_window(day)
 
     def batches() -> Iterator[pa.RecordBatch]:
@@ -74,8 +76,8 @@ def read_day(landing_db: Path, account_id: str, day: date) -> pa.RecordBatchRead
         try:
             cur = conn.execute(
                 "SELECT user_id, member, ide_category, CAST(body AS TEXT) FROM events"
-                " WHERE received_us >= ? AND received_us < ? AND account_id = ?",
-                (start, end, account_id))
+                " WHERE received_us >= ? AND received_us < ? AND account_id = ? AND seq > ?",
+                (start, end, account_id, after_seq))
             while rows := cur.fetchmany(BATCH):
                 columns = list(zip(*rows, strict=True))
                 yield pa.RecordBatch.from_arrays(
@@ -156,7 +158,8 @@ def query() -> str:
 Source: TypeAlias = pa.Table | pa.RecordBatchReader | Path | tuple[list[Path], pa.RecordBatchReader]
 
 
-def _listing(paths: list[Path]) -> str:
+def parquet_list(paths: list[Path]) -> str:
+    """``paths`` as a DuckDB list literal, for ``read_parquet``."""
     return "[" + ", ".join(f"'{_sql_text(str(p))}'" for p in paths) + "]"
 
 
@@ -170,7 +173,8 @@ def _run(raw: Source, wrap: str = "{}") -> list[tuple[Any, ...]]:
             files, rest = raw
             con.register("raw", rest)
             sql = pivot_sql(
-                f"(SELECT * EXCLUDE (seq, received_us, body) FROM read_parquet({_listing(files)})"
+                "(SELECT * EXCLUDE (seq, received_us, body) FROM"
+                f" read_parquet({parquet_list(files)})"
                 f" UNION ALL BY NAME SELECT * FROM ({fields_sql('raw')}))")
         else:
             con.register("raw", raw)

@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import landing, store
-from .aggregate import BATCH, DAY_US, day_of, day_window, fields_sql
+from .aggregate import BATCH, DAY_US, day_of, day_window, fields_sql, parquet_list, read_day
 from .config import Config
 from .deliver import Destination, PutResult
 from .errors import DeliveryError
@@ -184,25 +184,12 @@ def day_files(landing_db: Path, archive_dir: Path, account_id: str, day: date) -
 def tail(landing_db: Path, account_id: str, day: date) -> pa.RecordBatchReader:
     """The day's events not sealed yet (past the sealed mark), as the rebuild reads raw events:
     user_id, member, ide_category, body."""
-    start, end = day_window(day)
-    schema = pa.schema([(n, pa.string()) for n in ("user_id", "member", "ide_category",
-                                                   "body")])
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        conn = connect(landing_db)
-        try:
-            cur = conn.execute(
-                "SELECT user_id, member, ide_category, CAST(body AS TEXT) FROM events"
-                " WHERE received_us >= ? AND received_us < ? AND account_id = ? AND seq > ?",
-                (start, end, account_id, sealed_seq(conn)))
-            while rows := cur.fetchmany(BATCH):
-                cols = list(zip(*rows, strict=True))
-                yield pa.RecordBatch.from_arrays([pa.array(c, pa.string()) for c in cols],
-                                                 schema=schema)
-        finally:
-            conn.close()
-
-    return pa.RecordBatchReader.from_batches(schema, batches())
+    conn = connect(landing_db)
+    try:
+        mark = sealed_seq(conn)
+    finally:
+        conn.close()
+    return read_day(landing_db, account_id, day, after_seq=mark)
 
 
 #: how long a sealing run waits for another one to finish before it gives up (and is retried)
@@ -291,9 +278,7 @@ def _seal_new(conn: sqlite3.Connection, archive_dir: Path, now: float, out: Seal
     start = sealed_seq(conn)
     top = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
     if top is None or top <= start:
-        with store.transaction(conn):
-            conn.execute("UPDATE archive_meta SET sealed_at = ?", (now,))
-        return
+        return  # nothing new (and nothing to write: no lock taken from the writer)
     groups = conn.execute(
         "SELECT account_id, received_us / ? AS d, min(seq), max(seq), count(*) FROM events"
         " WHERE seq > ? AND seq <= ? GROUP BY 1, 2 ORDER BY 1, 2",
@@ -302,7 +287,7 @@ def _seal_new(conn: sqlite3.Connection, archive_dir: Path, now: float, out: Seal
     try:
         for account_id, number, first, last, n in groups:
             day = date(1970, 1, 1) + timedelta(days=int(number))
-            name = f"seg-{first:012d}-{last:012d}.v{VERSION}.parquet"
+            name = _segment_name(first, last)
             final = archive_dir / account_id / day.isoformat() / name
             rows = _rows(conn, account_id, day, start, top)
             events, size, sha = _write(rows, final)
@@ -328,6 +313,10 @@ def _seal_new(conn: sqlite3.Connection, archive_dir: Path, now: float, out: Seal
     kill_point("seal-committed")
     out.segments += len(made)
     out.events += sum(m[4] for m in made)
+
+
+def _segment_name(first: int, last: int) -> str:
+    return f"seg-{first:012d}-{last:012d}.v{VERSION}.parquet"
 
 
 def _rows(conn: sqlite3.Connection, account_id: str, day: date, after: int,
@@ -360,11 +349,9 @@ def _compact_closed(conn: sqlite3.Connection, archive_dir: Path, now: float,
             continue  # some pieces are in the bucket, some not yet: after the upload
         remote = "-" if uploaded == {True} else None  # the pieces are its copy in the bucket
         first, last = old[0].first_seq, max(s.last_seq for s in old)
-        name = f"seg-{first:012d}-{last:012d}.v{VERSION}.parquet"
+        name = _segment_name(first, last)
         final = archive_dir / account_id / day_text / name
-        files = "[" + ", ".join("'" + str(s.path(archive_dir)).replace("'", "''") + "'"
-                                for s in old) + "]"
-        events, size, sha = _write(files, final)
+        events, size, sha = _write(parquet_list([s.path(archive_dir) for s in old]), final)
         if events != sum(s.events for s in old):
             final.unlink()
             raise RuntimeError(f"compaction of {account_id} {day} lost events")

@@ -37,11 +37,6 @@ log = logging.getLogger(__name__)
 
 #: rows deleted from the landing log per transaction
 BATCH = 5_000
-#: _NEWEST: the row with the highest ``seq`` is never deleted. ``seq`` is SQLite's rowid, which
-#: continues from the highest one left: were every row deleted (no traffic for the whole dedupe
-#: window), new events would get numbers again that the counters' watermark has already passed,
-#: and a writer killed before writing their counters would leave them uncounted. That one row
-#: goes at a later run, once newer ones exist.
 #: the counters' tables, all keyed by (account_id, day number)
 COUNTER_TABLES = ("user_day", "dim_day", "dim_users", "interactions")
 
@@ -120,11 +115,16 @@ def _landing(config: Config, cut: date, now: float, out: Purged) -> None:
 
 
 def _delete_day(conn: sqlite3.Connection, account_id: str, day: date) -> int:
+    """Delete the account-day's raw events in batches, except the newest row of the log:
+    ``seq`` is SQLite's rowid, which continues from the highest one left, so were every row
+    deleted (no traffic for the whole dedupe window) new events would get numbers the counters'
+    watermark has already passed, and a writer killed before writing their counters would
+    leave them uncounted. That one row goes at a later run, once newer ones exist."""
     lo, hi = day_window(day)
     deleted = 0
     while True:
         with store.transaction(conn):
-            gone: int = conn.execute(  # never the newest row: see _NEWEST
+            gone: int = conn.execute(  # never the newest row (see the docstring)
                 "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE"
                 " received_us >= ? AND received_us < ? AND account_id = ? AND"
                 " seq < (SELECT max(seq) FROM events) LIMIT ?)",
@@ -144,6 +144,7 @@ def _archive(config: Config, keep_from: date, out: Purged) -> None:
             conn.close()
     if not config.archive_dir.exists():
         return
+    # sealed days of before the segments (archive/ACCOUNT/DAY.parquet): no ledger names them
     for account_dir in sorted(p for p in config.archive_dir.iterdir() if p.is_dir()):
         for path in sorted(account_dir.glob("*.parquet")):
             day = _day_of_name(path.name)
