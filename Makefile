@@ -22,6 +22,7 @@ lint: $(BIN)/.installed
 
 pytest: $(BIN)/.installed
 	scripts/ensure-chromium
+	scripts/ensure-postgres
 	$(BIN)/python -m pytest
 
 test: lint pytest

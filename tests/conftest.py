@@ -36,6 +36,7 @@ class Server:
     data_dir: Path
     port: int
     extra: tuple[str, ...] = ()
+    database_url: str = ""
     proc: subprocess.Popen[bytes] | None = None
     tokens: dict[str, str] = field(default_factory=dict)
 
@@ -45,7 +46,7 @@ class Server:
 
     @property
     def config(self) -> Config:
-        return Config(data_dir=self.data_dir)
+        return Config(data_dir=self.data_dir, database_url=self.database_url)
 
     def start(self) -> None:
         self.proc = start_server(self.config, self.port, *self.extra)
@@ -68,7 +69,7 @@ class Server:
         """A telemetry token for ``user`` (issued once, cached)."""
         key = f"{account}/{user}"
         if key not in self.tokens:
-            conn = store.connect(self.config.control_db)
+            conn = store.connect(self.config.control)
             [(_, tok)] = store.issue_tokens(conn, account, [user], now=time.time(), actor="test")
             conn.close()
             self.tokens[key] = tok
@@ -76,7 +77,7 @@ class Server:
 
     def admin_token(self, name: str, *accounts: str) -> str:
         """A new admin token of ``name`` that administers ``accounts``."""
-        conn = store.connect(self.config.control_db)
+        conn = store.connect(self.config.control)
         [(_, tok)] = store.issue_tokens(conn, accounts[0], [name], now=time.time(),
                                         actor="test", kind="admin", scopes=accounts[1:])
         conn.close()
@@ -87,17 +88,17 @@ class Server:
                             headers={"Authorization": f"Bearer {self.token(user, account)}"})
 
 
-def setup_accounts(data_dir: Path) -> None:
-    conn = store.connect(Config(data_dir=data_dir).control_db)
+def setup_accounts(data_dir: Path, database_url: str = "") -> None:
+    conn = store.connect(Config(data_dir=data_dir, database_url=database_url).control)
     store.add_account(conn, ACCOUNT, REGION, now=time.time(), profile_arn=PROFILE)
     store.add_account(conn, OTHER_ACCOUNT, "eu-west-1", now=time.time(),
                       profile_arn=OTHER_PROFILE)
     conn.close()
 
 
-def make_server(data_dir: Path, *extra: str) -> Server:
-    setup_accounts(data_dir)
-    server = Server(data_dir=data_dir, port=free_port(), extra=extra)
+def make_server(data_dir: Path, *extra: str, database_url: str = "") -> Server:
+    setup_accounts(data_dir, database_url)
+    server = Server(data_dir=data_dir, port=free_port(), extra=extra, database_url=database_url)
     server.start()
     return server
 
@@ -110,9 +111,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     s.stop()
 
 
-def cli(data_dir: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(data_dir: Path, *args: str, input: str | None = None,
+        database_url: str = "") -> subprocess.CompletedProcess[str]:
     """Run the real ``kiro-activity`` command line."""
     env = {**os.environ, "KIRO_ACTIVITY_DATA_DIR": str(data_dir)}
+    if database_url:
+        env["KIRO_ACTIVITY_DATABASE_URL"] = database_url
     return subprocess.run([sys.executable, "-m", "kiro_activity", *args], capture_output=True,
                           text=True, env=env, input=input, timeout=120)
 
@@ -219,3 +223,24 @@ def screenshot(page: Any, name: str) -> None:
 def moto_owner_url() -> Iterator[str]:
     """moto's S3 server that also enforces ExpectedBucketOwner (tests/moto_owner.py)."""
     yield from _moto_server(sys.executable, str(Path(__file__).with_name("moto_owner.py")))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A private PostgreSQL server on 127.0.0.1 (see tests/pg.py); ``.new_database()`` gives
+    each test its own empty database."""
+    from pg import running
+
+    with running() as server:
+        if server is None:
+            if os.environ.get("KIRO_ACTIVITY_TEST_NO_POSTGRES") == "1":
+                pytest.skip("PostgreSQL is not installed (KIRO_ACTIVITY_TEST_NO_POSTGRES=1)")
+            pytest.fail("PostgreSQL is not installed: run scripts/ensure-postgres (Debian's "
+                        "postgresql package), or set KIRO_ACTIVITY_TEST_NO_POSTGRES=1 to skip")
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres: Any) -> str:
+    """The URL of a fresh PostgreSQL database of this test's own."""
+    return str(postgres.new_database())

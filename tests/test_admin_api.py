@@ -45,7 +45,7 @@ def call(server: Server, method: str, path: str, token: str | None = None,
 
 def snapshot(server: Server) -> dict[str, Any]:
     """Everything an admin call could change."""
-    conn = store.connect(server.config.control_db)
+    conn = store.connect(server.config.control)
     try:
         return {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
                 for table in ("settings", "audit", "drops", "drop_objects", "tokens",
@@ -60,7 +60,7 @@ def test_every_endpoint_refuses_strangers(server: Server) -> None:
     telemetry = server.token("alice")
     other_admin = server.admin_token("mallory", OTHER_ACCOUNT)
     revoked = server.admin_token("former", ACCOUNT)
-    conn = store.connect(server.config.control_db)
+    conn = store.connect(server.config.control)
     store.revoke_tokens(conn, ACCOUNT, now=time.time(), actor="test", token=revoked)
     conn.close()
     before = snapshot(server)
@@ -142,7 +142,7 @@ def test_change_settings_saves_and_audits(server: Server) -> None:
     call(server, "PATCH", f"{A}/settings", token, {"layout": "documented"})
     assert call(server, "GET", f"{A}/audit", token).json()["entries"][0]["id"] == newest["id"]
     # the other account is untouched
-    conn = store.connect(server.config.control_db)
+    conn = store.connect(server.config.control)
     assert conn.execute("SELECT count(*) FROM settings WHERE account_id = ?",
                         (OTHER_ACCOUNT,)).fetchone()[0] == 0
     assert not [e for e in audit.audit_log(conn, OTHER_ACCOUNT)

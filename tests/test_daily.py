@@ -43,7 +43,7 @@ def config(tmp_path: Path) -> Config:
 
 
 def enable(config: Config, since: date = DAY, **changes: Any) -> None:
-    conn = store.connect(config.control_db)
+    conn = store.connect(config.control)
     settings.update(conn, ACCOUNT, {"enabled": True, **changes}, actor="test", now=NOON,
                     today=since, writer=config.writer_principal)
     conn.close()
@@ -129,7 +129,7 @@ def test_crash_while_planning_leaves_nothing_planned(config: Config,
     with pytest.raises(Crash):
         daily.deliver_day(config, ACCOUNT, DAY, now=lambda: AFTER)
     monkeypatch.undo()
-    conn = store.connect(config.control_db)
+    conn = store.connect(config.control)
     assert daily.status(conn, ACCOUNT)["days"] == []
     conn.close()
     assert daily.deliver_day(config, ACCOUNT, DAY, now=lambda: AFTER).state == "delivered"
@@ -144,7 +144,7 @@ def test_replace_regenerates_on_purpose(config: Config) -> None:
     assert [r for _, r in out.objects] == ["replaced", "replaced"]
     after = files(config.data_dir / "reports")
     assert set(after) == set(before) and after != before
-    conn = store.connect(config.control_db)
+    conn = store.connect(config.control)
     [day] = daily.status(conn, ACCOUNT)["days"]  # type: ignore[misc]
     conn.close()
     assert day["replacements"] == 1 and day["users"] == 3
@@ -162,7 +162,7 @@ def test_s3_outage_that_ends_and_configuration_errors(config: Config, aws_env: N
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)
     s3 = boto3.session.Session().client("s3", region_name=REGION)
     s3.create_bucket(Bucket=bucket)
-    conn = store.connect(config.control_db)
+    conn = store.connect(config.control)
     s3.put_bucket_policy(Bucket=bucket, Policy=orjson.dumps(location.documented_policy(
         bucket, "user-activity-reports", store.require_account(conn, ACCOUNT))).decode())
     s3_setup(config, bucket)
@@ -240,7 +240,7 @@ def test_no_manifest_when_the_policy_allows_only_the_csv_files(
     s3 = boto3.session.Session().client("s3", region_name=REGION)
     bucket = f"kiro-daily-{time.time_ns()}"
     s3.create_bucket(Bucket=bucket)
-    conn = store.connect(config.control_db)
+    conn = store.connect(config.control)
     policy = location.documented_policy(bucket, "reports", store.require_account(conn, ACCOUNT))
     policy["Statement"][0]["Resource"] = (
         f"arn:aws:s3:::{bucket}/reports/AWSLogs/{ACCOUNT}/KiroLogs/by_user_analytic/*")

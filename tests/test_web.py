@@ -70,7 +70,7 @@ def csrf_of(html: str) -> str:
 
 
 def saved_state(server: Server) -> Any:
-    conn = store.connect(server.config.control_db)
+    conn = store.connect(server.config.control)
     try:
         return (conn.execute("SELECT * FROM settings ORDER BY 1").fetchall(),
                 conn.execute("SELECT * FROM audit ORDER BY 1").fetchall(),
@@ -157,7 +157,7 @@ def test_revoking_the_token_ends_the_session(server: Server) -> None:
     token = server.admin_token("temp", ACCOUNT)
     with login(server, token) as client:
         assert client.get(PAGE).status_code == 200
-        conn = store.connect(server.config.control_db)
+        conn = store.connect(server.config.control)
         store.revoke_tokens(conn, ACCOUNT, now=time.time(), actor="test", token=token)
         conn.close()
         r = client.get(PAGE)
@@ -224,7 +224,7 @@ def test_settings_page_in_chromium(server: Server, browser: Any,
     page.select_option("#layout", "delivered")
     page.click("#check")
     assert "passes every check" in page.inner_text("#notice")
-    conn = store.connect(server.config.control_db)
+    conn = store.connect(server.config.control)
     assert conn.execute("SELECT s3_uri FROM settings WHERE account_id = ?",
                         (ACCOUNT,)).fetchone() in (None, (None,))
     page.click("#save")

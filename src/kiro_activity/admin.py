@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -63,9 +62,9 @@ class Admin:
     s3_client: Any = None
 
     @contextmanager
-    def conn(self) -> Iterator[sqlite3.Connection]:
+    def conn(self) -> Iterator[store.Connection]:
         """A connection to the control database, closed after use."""
-        conn = store.connect(self.config.control_db)
+        conn = store.connect(self.config.control)
         try:
             yield conn
         finally:

@@ -492,9 +492,9 @@ def upload(config: Config, *, destinations: dict[str, Destination] | None = None
     from .s3uri import split_location
 
     out = Uploaded()
-    if not config.landing_db.exists() or not config.control_db.exists():
+    if not config.landing_db.exists() or not store.exists(config.control):
         return out
-    control = store.connect(config.control_db)
+    control = store.connect(config.control)
     try:
         targets = []
         for account_id in settings_mod.enabled_accounts(control):
@@ -542,14 +542,16 @@ def upload(config: Config, *, destinations: dict[str, Destination] | None = None
 
 def _note_error(config: Config, account_id: str, message: str | None) -> None:
     """Keep (or, with None, clear) the account's last archive upload error for its admins."""
-    control = store.connect(config.control_db)
+    control = store.connect(config.control)
     try:
         with store.transaction(control):
             if message is None:
                 control.execute("DELETE FROM archive_errors WHERE account_id = ?",
                                 (account_id,))
             else:
-                control.execute("INSERT OR REPLACE INTO archive_errors VALUES (?, ?, ?)",
+                control.execute("INSERT INTO archive_errors VALUES (?, ?, ?) ON CONFLICT"
+                                " (account_id) DO UPDATE SET at = excluded.at,"
+                                " message = excluded.message",
                                 (account_id, time.time(), message))
     finally:
         control.close()

@@ -10,9 +10,10 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from . import db
 
 
 def local_actor() -> str:
@@ -24,7 +25,7 @@ def local_actor() -> str:
     return f"cli:{user}"
 
 
-def record(conn: sqlite3.Connection, *, now: float, account_id: str, actor: str, action: str,
+def record(conn: db.Connection, *, now: float, account_id: str, actor: str, action: str,
            target: str, before: object = None, after: object = None) -> None:
     """Append one audit entry (call inside the transaction that makes the change)."""
     conn.execute(
@@ -52,14 +53,15 @@ class AuditEntry:
                 "before": self.before, "after": self.after}
 
 
-def audit_log(conn: sqlite3.Connection, account_id: str, *, limit: int | None = None,
+def audit_log(conn: db.Connection, account_id: str, *, limit: int | None = None,
               before_id: int | None = None) -> list[AuditEntry]:
     """An account's audit entries, newest first."""
     rows = conn.execute(
         "SELECT id, at, account_id, actor, action, target, before, after FROM audit"
-        " WHERE account_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
-        (account_id, before_id if before_id is not None else 2**62,
-         limit if limit is not None else -1))
+        " WHERE account_id = ? AND id < ? ORDER BY id DESC"
+        + ("" if limit is None else " LIMIT ?"),
+        (account_id, before_id if before_id is not None else 2**62)
+        + (() if limit is None else (limit,)))
     return [AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5],
                        None if r[6] is None else json.loads(r[6]),
                        None if r[7] is None else json.loads(r[7])) for r in rows]

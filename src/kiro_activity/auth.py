@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from . import store
 from .errors import AccessDeniedError, ThrottlingError, retry_seconds
@@ -35,7 +34,7 @@ def bearer_token(authorization: str | None) -> str:
 class Authenticator:
     """Maps tokens to principals through the control database, with a coherent cache."""
 
-    def __init__(self, control_db: Path, *, clock: Callable[[], float] = time.time,
+    def __init__(self, control_db: store.Target, *, clock: Callable[[], float] = time.time,
                  recheck: float = 0.02) -> None:
         self._conn = store.connect(control_db)
         self._clock = clock
@@ -49,7 +48,7 @@ class Authenticator:
         self._conn.close()
 
     def _data_version(self) -> int:
-        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        return store.data_version(self._conn)
 
     def principal(self, authorization: str | None, *, kind: str = "user") -> Principal:
         """The live principal of the header's token, of the given kind, or AccessDeniedError."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -20,13 +19,17 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from . import aggregate, archive, audit, daily, landing, metrics, retention, store
+from . import aggregate, archive, audit, daily, db, landing, metrics, retention, store
 from . import settings as settings_mod
 from .config import Config
 from .deliver import Backoff
 from .errors import KiroActivityError, SettingsRejected, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+#: what a command reports as a message instead of a traceback
+_ERRORS: tuple[type[BaseException], ...] = (KiroActivityError, *db.errors(), OSError)
 
 
 def _errors(fn: F) -> F:
@@ -36,7 +39,7 @@ def _errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (KiroActivityError, sqlite3.Error, OSError) as exc:
+        except _ERRORS as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
 
@@ -53,9 +56,9 @@ def main(ctx: click.Context, data_dir: Path) -> None:
     ctx.obj = Config.from_environ(data_dir=data_dir)
 
 
-def _control(ctx: click.Context) -> sqlite3.Connection:
+def _control(ctx: click.Context) -> store.Connection:
     config: Config = ctx.obj
-    return store.connect(config.control_db)
+    return store.connect(config.control)
 
 
 @main.command()
@@ -103,9 +106,9 @@ def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: f
     )
     config = _within_descriptors(config)
     store.private_dir(config.data_dir)
-    for db in (config.control_db, config.landing_db):
-        store.check_database(db)
-    store.connect(config.control_db).close()
+    for path in ([] if config.database_url else [config.control_db]) + [config.landing_db]:
+        store.check_database(path)
+    store.connect(config.control).close()
     landing.connect(config.landing_db).close()
     click.echo(f"kiro-activity serving on http://{host}:{port} (data in {config.data_dir})",
                err=True)

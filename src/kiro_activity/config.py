@@ -74,6 +74,10 @@ class Config:
     #: Spark over the sealed day, always rebuilt; needs ``kiro-activity[spark]``, and
     #: ``KIRO_ACTIVITY_SPARK_MASTER`` for a cluster: docs/scaling.md)
     engine: str = "duckdb"
+    #: the control state (accounts, tokens, settings, delivery ledger, audit, sessions) in
+    #: PostgreSQL, shared by replicas (``postgresql://user:password@host:port/database``);
+    #: empty: SQLite in the data folder (docs/scaling.md)
+    database_url: str = ""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
@@ -95,6 +99,11 @@ class Config:
     @property
     def control_db(self) -> Path:
         return self.data_dir / "control.db"
+
+    @property
+    def control(self) -> Path | str:
+        """Where the control state is: the PostgreSQL URL when set, else ``control.db``."""
+        return self.database_url or self.control_db
 
     @property
     def landing_db(self) -> Path:

@@ -13,14 +13,13 @@ import os
 import random
 import re
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from . import retention
+from . import db, retention
 from . import settings as settings_mod
 from .aggregate import aggregate_day
 from .audit import record
@@ -62,12 +61,12 @@ def closed(day: date, now: float) -> bool:
     return datetime.fromtimestamp(now, UTC).date() > day
 
 
-def planned(conn: sqlite3.Connection, account_id: str, day: date) -> bool:
+def planned(conn: db.Connection, account_id: str, day: date) -> bool:
     """Whether the day's report was ever planned (and so may be produced again)."""
     return _plan_row(conn, account_id, day) is not None
 
 
-def _plan_row(conn: sqlite3.Connection, account_id: str, day: date) -> tuple[object, ...] | None:
+def _plan_row(conn: db.Connection, account_id: str, day: date) -> tuple[object, ...] | None:
     row: tuple[object, ...] | None = conn.execute(
         "SELECT destination, delivered_at, replacements FROM drops"
         " WHERE account_id = ? AND day = ?", (account_id, day.isoformat())).fetchone()
@@ -100,7 +99,7 @@ def check_retained(config: Config, day: date, now: float) -> None:
             f"is {first}): its events are no longer kept (KIRO_ACTIVITY_RETENTION_DAYS)")
 
 
-def plan(conn: sqlite3.Connection, config: Config, account: Account, day: date, *,
+def plan(conn: db.Connection, config: Config, account: Account, day: date, *,
          s: settings_mod.Settings, description: str, now: float, replace: bool,
          actor: str | None = None) -> None:
     """Aggregate, render and freeze the day's drop in the ledger (one transaction)."""
@@ -117,8 +116,13 @@ def plan(conn: sqlite3.Connection, config: Config, account: Account, day: date, 
                    after={"replacements": replacements, "destination": description,
                           "users": drop.users, "events": drop.events})
         conn.execute("DELETE FROM drop_objects WHERE account_id = ? AND day = ?", key)
-        conn.execute("INSERT OR REPLACE INTO drops (account_id, day, layout, destination, users,"
-                     " events, planned_at, replacements) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        conn.execute("INSERT INTO drops (account_id, day, layout, destination, users, events,"
+                     " planned_at, replacements) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                     " ON CONFLICT (account_id, day) DO UPDATE SET layout = excluded.layout,"
+                     " destination = excluded.destination, users = excluded.users,"
+                     " events = excluded.events, planned_at = excluded.planned_at,"
+                     " replacements = excluded.replacements, delivered_at = NULL,"
+                     " attempts = 0",
                      (*key, s.layout, description, drop.users, drop.events, now, replacements))
         conn.executemany(
             "INSERT INTO drop_objects (account_id, day, seq, key, content_type, sha256, size,"
@@ -170,7 +174,7 @@ def _deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[]
                  replace: bool, attempts: int, backoff: Backoff | None,
                  sleep: Callable[[float], None], destination: Destination | None,
                  actor: str | None) -> Outcome:
-    conn = connect(config.control_db)
+    conn = connect(config.control)
     try:
         account = require_account(conn, account_id)
         s = settings_mod.get(conn, account_id)
@@ -192,7 +196,7 @@ def _deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[]
         conn.close()
 
 
-def _send(conn: sqlite3.Connection, dest: Destination, account_id: str, day: date, *,
+def _send(conn: db.Connection, dest: Destination, account_id: str, day: date, *,
           now: Callable[[], float], attempts: int, backoff: Backoff,
           sleep: Callable[[float], None]) -> Outcome:
     key = (account_id, day.isoformat())
@@ -225,14 +229,17 @@ def _send(conn: sqlite3.Connection, dest: Destination, account_id: str, day: dat
     return outcome
 
 
-def record_error(conn: sqlite3.Connection, account_id: str, day: date, err: DeliveryError,
+def record_error(conn: db.Connection, account_id: str, day: date, err: DeliveryError,
                  at: float) -> None:
     """The account's last delivery error, shown to its admins until a delivery succeeds."""
-    conn.execute("INSERT OR REPLACE INTO delivery_errors VALUES (?, ?, ?, ?, ?, ?)",
+    conn.execute("INSERT INTO delivery_errors VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT"
+                 " (account_id) DO UPDATE SET at = excluded.at, day = excluded.day,"
+                 " code = excluded.code, message = excluded.message,"
+                 " configuration = excluded.configuration",
                  (account_id, at, day.isoformat(), err.code, err.message, int(not err.transient)))
 
 
-def due_days(conn: sqlite3.Connection, account_id: str, *, now: float,
+def due_days(conn: db.Connection, account_id: str, *, now: float,
              retention_days: int) -> list[date]:
     """Closed days since reports were enabled (within the retention) not yet delivered."""
     s = settings_mod.get(conn, account_id)
@@ -246,7 +253,7 @@ def due_days(conn: sqlite3.Connection, account_id: str, *, now: float,
     return [d for d in days if d.isoformat() not in delivered]
 
 
-def status(conn: sqlite3.Connection, account_id: str) -> dict[str, object]:
+def status(conn: db.Connection, account_id: str) -> dict[str, object]:
     """Each planned day's delivery state, the last delivery error, and the last failure to
     put the telemetry archive in the account's bucket (until a put succeeds)."""
     require_account(conn, account_id)
@@ -260,7 +267,7 @@ def status(conn: sqlite3.Connection, account_id: str) -> dict[str, object]:
             "SELECT d.day, d.layout, d.destination, d.users, d.events, d.planned_at,"
             " d.delivered_at, d.replacements, d.attempts, count(o.seq),"
             " count(o.delivered_at) FROM drops d JOIN drop_objects o USING (account_id, day)"
-            " WHERE d.account_id = ? GROUP BY d.day ORDER BY d.day", (account_id,))
+            " WHERE d.account_id = ? GROUP BY d.account_id, d.day ORDER BY d.day", (account_id,))
     ]
     err = conn.execute("SELECT at, day, code, message, configuration FROM delivery_errors"
                        " WHERE account_id = ?", (account_id,)).fetchone()

@@ -9,7 +9,6 @@ API gives and, for delivered days, the one the report's CSV holds.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from . import daily, usage
+from . import daily, db, usage
 from .breakdown import NOT_RECORDED
 from .config import Config
 from .errors import UsageError
@@ -246,7 +245,7 @@ def export_csv(rows: list[tuple[str, dict[str, int]]], layout: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def idle_seats(conn: sqlite3.Connection, account_id: str, active: list[str],
+def idle_seats(conn: db.Connection, account_id: str, active: list[str],
                now: float) -> list[str]:
     """Users who hold a live telemetry token of the account but were not active."""
     holders = {row[0] for row in conn.execute(
@@ -256,7 +255,7 @@ def idle_seats(conn: sqlite3.Connection, account_id: str, active: list[str],
     return sorted(holders - set(active))
 
 
-def freshness(conn: sqlite3.Connection, account_id: str, r: Range, now: float,
+def freshness(conn: db.Connection, account_id: str, r: Range, now: float,
               ) -> dict[str, Any]:
     """Up to when data is included, and each day's delivery state."""
     delivered = {d["day"]: d for d in daily.status(conn, account_id)["days"]}  # type: ignore[attr-defined]
@@ -295,7 +294,7 @@ def renamed(values: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     return {names.get(k, k): v for k, v in values.items()}
 
 
-def page_data(config: Config, conn: sqlite3.Connection, account_id: str, r: Range, now: float,
+def page_data(config: Config, conn: db.Connection, account_id: str, r: Range, now: float,
               user: str | None = None, *, with_users: bool = False) -> dict[str, Any]:
     """What the overview (or one user's page) shows: :func:`overview`, the idle seats (on the
     account's overview) and the freshness of the range."""
@@ -306,7 +305,7 @@ def page_data(config: Config, conn: sqlite3.Connection, account_id: str, r: Rang
             "freshness": freshness(conn, account_id, r, now)}
 
 
-def document(config: Config, conn: sqlite3.Connection, account_id: str, layout: str,
+def document(config: Config, conn: db.Connection, account_id: str, layout: str,
              r: Range, now: float) -> dict[str, Any]:
     """The admin API's ``usage`` answer: per day and per user, by the layout's CSV names,
     with the totals, rates, breakdowns, idle seats and freshness of the range."""

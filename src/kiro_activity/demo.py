@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import os
 import random
 import socket
 import subprocess
@@ -46,9 +47,12 @@ def free_port() -> int:
 
 def start_server(config: Config, port: int, *extra: str) -> subprocess.Popen[bytes]:
     """Start ``kiro-activity serve`` as a child process and wait until it answers /health."""
+    env = dict(os.environ)
+    if config.database_url:
+        env["KIRO_ACTIVITY_DATABASE_URL"] = config.database_url
     proc = subprocess.Popen(
         [sys.executable, "-m", "kiro_activity", "--data-dir", str(config.data_dir), "serve",
-         "--host", "127.0.0.1", "--port", str(port), *extra],
+         "--host", "127.0.0.1", "--port", str(port), *extra], env=env,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -96,7 +100,7 @@ def send_all(port: int, sender: Sender) -> dict[int, int]:
 
 def prepare(config: Config, users: int, day_start: float, rng: random.Random) -> list[Sender]:
     """Accounts and tokens in the control database, and each user's day of request bodies."""
-    conn = store.connect(config.control_db)
+    conn = store.connect(config.control)
     senders: list[Sender] = []
     for account_id, region, share in ACCOUNTS:
         account = store.get_account(conn, account_id) or store.add_account(
@@ -156,7 +160,7 @@ def run_demo(config: Config, *, users: int = 300, port: int = 0) -> None:
 
 
 def _enable(config: Config, day: date) -> None:
-    conn = store.connect(config.control_db)
+    conn = store.connect(config.control)
     try:
         for account_id, _, _ in ACCOUNTS:
             current = settings.get(conn, account_id)
@@ -170,7 +174,7 @@ def _enable(config: Config, day: date) -> None:
 
 def _wait_delivered(config: Config, day: date, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    conn = store.connect(config.control_db)
+    conn = store.connect(config.control)
     try:
         while time.monotonic() < deadline:
             states = [d["state"] for a, _, _ in ACCOUNTS
@@ -192,7 +196,7 @@ def _reports(console: Console, config: Config, day: date) -> None:
                       soft_wrap=True)
     console.print(f"Status: kiro-activity --data-dir {config.data_dir} report status "
                   f"--account {ACCOUNTS[0][0]}", soft_wrap=True)
-    conn = store.connect(config.control_db)
+    conn = store.connect(config.control)
     try:
         [(_, token)] = store.issue_tokens(conn, ACCOUNTS[0][0], ["demo-admin"], now=time.time(),
                                           actor="demo", kind="admin",

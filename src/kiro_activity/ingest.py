@@ -72,7 +72,7 @@ class IngestApp:
             config.landing_db, clock=clock, max_group=config.max_group_commit,
             dedupe_days=config.dedupe_days,
         )
-        self.auth = Authenticator(config.control_db, clock=clock)
+        self.auth = Authenticator(config.control, clock=clock)
         self.failures = FailureLimiter(config.auth_failures_per_source,
                                        config.auth_failure_window)
         self.limiter = RateLimiter(config.rate_per_token, config.burst_per_token)

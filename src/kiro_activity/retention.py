@@ -197,9 +197,9 @@ def _counters(config: Config, keep_from: date, out: Purged) -> None:
 def _drops(config: Config, keep_from: date, out: Purged) -> None:
     """The frozen report files of delivered days past the retention (they are in the bucket;
     a day never delivered is kept, and shown, until an admin sees to it)."""
-    if not config.control_db.exists():
+    if not store.exists(config.control):
         return
-    conn = store.connect(config.control_db)
+    conn = store.connect(config.control)
     try:
         with store.transaction(conn):
             old = conn.execute("SELECT account_id, day FROM drops WHERE day < ? AND"

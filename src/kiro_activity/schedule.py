@@ -49,7 +49,7 @@ class Scheduler:
         """Deliver every due day of every enabled account (oldest first; an account stops at
         its first failure and is tried again after its backoff)."""
         now = self.clock()
-        conn = connect(self.config.control_db)
+        conn = connect(self.config.control)
         try:
             work = {a: due_days(conn, a, now=now, retention_days=self.config.retention_days)
                     for a in settings.enabled_accounts(conn)}
@@ -93,7 +93,7 @@ class Scheduler:
         today = datetime.fromtimestamp(now, UTC).date()
         back = min(90, self.config.retention_days)  # older days leave with the retention
         days = [today - timedelta(days=i) for i in range(back, 0, -1)]
-        conn = connect(self.config.control_db)
+        conn = connect(self.config.control)
         try:
             accounts = [a.account_id for a in store.list_accounts(conn)]
         finally:

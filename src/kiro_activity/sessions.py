@@ -4,14 +4,14 @@ session ends with its token (revoked or expired) or after :data:`SESSION_SECONDS
 from __future__ import annotations
 
 import secrets
-import sqlite3
 
+from . import db
 from .store import Principal, hash_token, transaction
 
 SESSION_SECONDS = 8 * 3600
 
 
-def open_session(conn: sqlite3.Connection, principal: Principal, *, now: float) -> str:
+def open_session(conn: db.Connection, principal: Principal, *, now: float) -> str:
     """A new session id for a logged-in admin (only its hash is stored)."""
     session_id = secrets.token_urlsafe(32)
     with transaction(conn):
@@ -21,7 +21,7 @@ def open_session(conn: sqlite3.Connection, principal: Principal, *, now: float) 
     return session_id
 
 
-def session_principal(conn: sqlite3.Connection, session_id: str, *,
+def session_principal(conn: db.Connection, session_id: str, *,
                       now: float) -> Principal | None:
     """The admin of a live session whose token is still live, or None."""
     row = conn.execute(
@@ -36,6 +36,6 @@ def session_principal(conn: sqlite3.Connection, session_id: str, *,
     return Principal(row[0], row[1], row[2], row[3], row[4], scopes)
 
 
-def close_session(conn: sqlite3.Connection, session_id: str) -> None:
+def close_session(conn: db.Connection, session_id: str) -> None:
     with transaction(conn):
         conn.execute("DELETE FROM sessions WHERE id_hash = ?", (hash_token(session_id),))

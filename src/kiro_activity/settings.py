@@ -11,13 +11,12 @@ nothing.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from typing import Any
 
-from . import location, s3uri
+from . import db, location, s3uri
 from .audit import record
 from .errors import SettingsConflict, SettingsRejected
 from .metrics import DEFAULT_LAYOUT, LAYOUTS
@@ -195,7 +194,7 @@ def check(s: Settings, account: Any, *, writer: str, policy: Any = None, client:
     return replace(report, problems=problems + extra)
 
 
-def get(conn: sqlite3.Connection, account_id: str) -> Settings:
+def get(conn: db.Connection, account_id: str) -> Settings:
     require_account(conn, account_id)
     row = conn.execute(
         "SELECT enabled, s3_uri, layout, sse, kms_key_arn, enabled_since, manifest, warnings"
@@ -208,10 +207,15 @@ def get(conn: sqlite3.Connection, account_id: str) -> Settings:
                     bool(row[6]), warnings)
 
 
-def _save(conn: sqlite3.Connection, s: Settings, now: float) -> None:
+def _save(conn: db.Connection, s: Settings, now: float) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO settings (account_id, enabled, s3_uri, layout, sse, kms_key_arn,"
-        " enabled_since, updated_at, manifest, warnings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO settings (account_id, enabled, s3_uri, layout, sse, kms_key_arn,"
+        " enabled_since, updated_at, manifest, warnings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (account_id) DO UPDATE SET enabled = excluded.enabled,"
+        " s3_uri = excluded.s3_uri, layout = excluded.layout, sse = excluded.sse,"
+        " kms_key_arn = excluded.kms_key_arn, enabled_since = excluded.enabled_since,"
+        " updated_at = excluded.updated_at, manifest = excluded.manifest,"
+        " warnings = excluded.warnings",
         (s.account_id, int(s.enabled), s.s3_uri, s.layout, s.sse, s.kms_key_arn,
          s.enabled_since.isoformat() if s.enabled_since else None, now, int(s.manifest),
          json.dumps(list(s.warnings)) if s.warnings else None))
@@ -268,7 +272,7 @@ def _manifest(report: location.LocationReport, wanted: Settings, current: Settin
     return current.manifest if _location(wanted) == _location(current) else True
 
 
-def update(conn: sqlite3.Connection, account_id: str, changes: Mapping[str, Any], *,
+def update(conn: db.Connection, account_id: str, changes: Mapping[str, Any], *,
            actor: str, now: float, today: date, writer: str, policy: Any = None,
            client: Any = None, checker: Checker | None = None,
            ) -> tuple[Settings, location.LocationReport]:
@@ -313,7 +317,7 @@ def update(conn: sqlite3.Connection, account_id: str, changes: Mapping[str, Any]
     return fresh, report
 
 
-def validate(conn: sqlite3.Connection, account_id: str, *, writer: str, policy: Any = None,
+def validate(conn: db.Connection, account_id: str, *, writer: str, policy: Any = None,
              client: Any = None, checker: Checker | None = None, now: float,
              actor: str = "validate") -> location.LocationReport:
     """Run every check again on the saved settings; keep what it found (manifest, warnings),
@@ -336,6 +340,6 @@ def validate(conn: sqlite3.Connection, account_id: str, *, writer: str, policy: 
     return report
 
 
-def enabled_accounts(conn: sqlite3.Connection) -> list[str]:
+def enabled_accounts(conn: db.Connection) -> list[str]:
     return [r[0] for r in conn.execute(
         "SELECT account_id FROM settings WHERE enabled = 1 ORDER BY account_id")]

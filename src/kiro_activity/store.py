@@ -20,8 +20,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
+from . import db
 from .audit import iso, record
+from .db import PgConnection
 from .errors import DamagedDatabaseError, UsageError
 
 SCHEMA = """
@@ -218,8 +221,38 @@ def check_database(path: Path) -> None:
                                    f"{found} (restore it from a backup)")  # on one line
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (and create) the control database for use by one thread."""
+#: a counter that every change to what authenticates (accounts, tokens, scopes) moves, so that
+#: a cache of token lookups sees another process's change (SQLite has ``PRAGMA data_version``)
+PG_VERSION_SCHEMA = """
+CREATE TABLE IF NOT EXISTS control_version (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    version BIGINT NOT NULL
+);
+INSERT INTO control_version VALUES (1, 0) ON CONFLICT DO NOTHING;
+CREATE OR REPLACE FUNCTION kiro_control_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE control_version SET version = version + 1 WHERE id = 1;
+    RETURN NULL;
+END $$;
+"""
+VERSIONED = ("accounts", "tokens", "token_scopes")
+
+Connection = db.Connection
+#: where the control state is: the SQLite file, or a PostgreSQL URL (``Config.control``)
+Target: TypeAlias = "Path | str"
+
+
+def exists(target: Target) -> bool:
+    """Whether there is control state to read (a PostgreSQL database is always there)."""
+    return db.is_url(target) or Path(target).exists()
+
+
+def connect(target: Target) -> Connection:
+    """Open (and create) the control database for use by one thread: the SQLite file at
+    ``target``, or the PostgreSQL database of a ``postgresql://`` URL."""
+    if db.is_url(target):
+        return _connect_pg(str(target))
+    path = Path(target)
     private_dir(path.parent)
     conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
     try:
@@ -234,6 +267,38 @@ def connect(path: Path) -> sqlite3.Connection:
             raise
         raise damaged(path, exc) from None
     return conn
+
+
+_pg_ready: set[str] = set()  # URLs whose schema this process has made sure of
+
+
+def _connect_pg(url: str) -> PgConnection:
+    conn = PgConnection(url)
+    if url in _pg_ready:
+        return conn
+    try:
+        with transaction(conn):  # one creator at a time (the schema's statements race)
+            conn.executescript(db.pg_schema(SCHEMA) + PG_VERSION_SCHEMA)
+            for table, column, declaration in MIGRATIONS:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} "
+                             f"{db.pg_schema(declaration)}")
+            for table in VERSIONED:
+                conn.execute(f"CREATE OR REPLACE TRIGGER {table}_changed AFTER INSERT OR UPDATE"
+                             f" OR DELETE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION"
+                             " kiro_control_changed()")
+    except BaseException:
+        conn.close()
+        raise
+    _pg_ready.add(url)
+    return conn
+
+
+def data_version(conn: Connection) -> int:
+    """A number that changes when another connection commits a change (SQLite: any change;
+    PostgreSQL: one to accounts, tokens or scopes)."""
+    if isinstance(conn, PgConnection):
+        return int(conn.execute("SELECT version FROM control_version").fetchone()[0])
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
 #: columns added after the first release: (table, column, declaration)
@@ -255,8 +320,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+def transaction(conn: Connection) -> Iterator[Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error (on PostgreSQL, writers are
+    serialized the same way: :func:`.db.translate`)."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -273,7 +339,7 @@ def check_account_id(account_id: str) -> str:
 
 
 def add_account(
-    conn: sqlite3.Connection, account_id: str, region: str, *, now: float,
+    conn: Connection, account_id: str, region: str, *, now: float,
     profile_arn: str | None = None,
 ) -> Account:
     """Register an account; the profile ARN is made up when not given."""
@@ -304,14 +370,14 @@ def add_account(
     return Account(account_id, region, profile_arn)
 
 
-def get_account(conn: sqlite3.Connection, account_id: str) -> Account | None:
+def get_account(conn: Connection, account_id: str) -> Account | None:
     row = conn.execute(
         "SELECT account_id, region, profile_arn FROM accounts WHERE account_id = ?", (account_id,)
     ).fetchone()
     return Account(*row) if row else None
 
 
-def require_account(conn: sqlite3.Connection, account_id: str) -> Account:
+def require_account(conn: Connection, account_id: str) -> Account:
     account = get_account(conn, check_account_id(account_id))
     if account is None:
         raise UsageError(
@@ -321,7 +387,7 @@ def require_account(conn: sqlite3.Connection, account_id: str) -> Account:
     return account
 
 
-def list_accounts(conn: sqlite3.Connection) -> list[Account]:
+def list_accounts(conn: Connection) -> list[Account]:
     rows = conn.execute("SELECT account_id, region, profile_arn FROM accounts ORDER BY 1")
     return [Account(*row) for row in rows]
 
@@ -339,7 +405,7 @@ def _check_names(names: list[str]) -> None:
 
 
 def issue_tokens(
-    conn: sqlite3.Connection, account_id: str, principals: Iterable[str], *, now: float,
+    conn: Connection, account_id: str, principals: Iterable[str], *, now: float,
     actor: str, kind: str = "user", expires_at: float | None = None,
     scopes: Iterable[str] = (),
 ) -> list[tuple[str, str]]:
@@ -360,11 +426,10 @@ def issue_tokens(
     issued = [(name, TOKEN_PREFIX + secrets.token_urlsafe(32)) for name in names]
     with transaction(conn):
         for name, tok in issued:
-            cur = conn.execute(
+            token_id = int(conn.execute(
                 "INSERT INTO tokens (token_hash, account_id, principal, kind, created_at,"
-                " expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (hash_token(tok), account_id, name, kind, now, expires_at))
-            token_id = cur.lastrowid
+                " expires_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (hash_token(tok), account_id, name, kind, now, expires_at)).fetchone()[0])
             after: dict[str, object] = {"token_id": token_id, "kind": kind, "user": name,
                      "expires_at": iso(expires_at)}
             if kind == "admin":  # each account's log names no other account
@@ -383,7 +448,7 @@ def _in_account(account_id: str) -> tuple[str, list[object]]:
 
 
 def revoke_tokens(
-    conn: sqlite3.Connection, account_id: str, *, now: float, actor: str,
+    conn: Connection, account_id: str, *, now: float, actor: str,
     principal: str | None = None, token: str | None = None, token_id: int | None = None,
 ) -> int:
     """Revoke the live tokens selected by user, token or id (among the account's tokens)."""
@@ -421,7 +486,7 @@ def revoke_tokens(
     return len(rows)
 
 
-def list_tokens(conn: sqlite3.Connection, account_id: str) -> list[TokenInfo]:
+def list_tokens(conn: Connection, account_id: str) -> list[TokenInfo]:
     """The account's tokens, admin tokens that administer it included (never the tokens)."""
     require_account(conn, account_id)
     clause, args = _in_account(account_id)
@@ -433,7 +498,7 @@ def list_tokens(conn: sqlite3.Connection, account_id: str) -> list[TokenInfo]:
                       tuple(sorted(r[7].split(","))) if r[7] else ()) for r in rows]
 
 
-def lookup_token(conn: sqlite3.Connection, token: str, *, now: float) -> Principal | None:
+def lookup_token(conn: Connection, token: str, *, now: float) -> Principal | None:
     """The principal of a live token, or None for an unknown, revoked or expired one."""
     row = conn.execute(
         "SELECT id, account_id, principal, kind, expires_at FROM tokens"
