@@ -220,7 +220,7 @@ def day_source(landing_db: Path, account_id: str, day: date,
 
 def rebuild_day(landing_db: Path, account_id: str, day: date,
                 archive_dir: Path | None = None, layout: str | None = None,
-                engine: str = "duckdb") -> DayAggregate:
+                engine: str = "duckdb", replica: str = "") -> DayAggregate:
     """The full rebuild over every raw event of the day: from the archive and its unsealed
     tail when the day is archived, else from the landing log (with a ``layout``: cells ready
     for its CSV). ``engine`` "spark": Spark over the archive's segments of the day, sealing
@@ -231,7 +231,7 @@ def rebuild_day(landing_db: Path, account_id: str, day: date,
         if archive_dir is None:
             raise UsageError("the spark engine reads the archive: no archive folder given")
         from . import archive, spark
-        archive.seal(landing_db, archive_dir, now=time.time())
+        archive.seal(landing_db, archive_dir, now=time.time(), replica=replica)
         paths = archive.day_files(landing_db, archive_dir, account_id, day)
         if archive.tail(landing_db, account_id, day).read_all().num_rows:
             raise UsageError(f"{day} has events not sealed yet: the spark engine reads "
@@ -269,9 +269,9 @@ def counted_day(landing_db: Path, account_id: str, day: date,
 
 def aggregate_day(landing_db: Path, account_id: str, day: date, *, rebuild: bool = False,
                   layout: str | None = None, archive_dir: Path | None = None,
-                  engine: str = "duckdb") -> DayAggregate:
+                  engine: str = "duckdb", replica: str = "") -> DayAggregate:
     """The day's metrics: from the counters, or (``rebuild``, or the spark ``engine``, which
     always rebuilds from the archive) from the raw events."""
     if rebuild or engine != "duckdb":
-        return rebuild_day(landing_db, account_id, day, archive_dir, layout, engine)
+        return rebuild_day(landing_db, account_id, day, archive_dir, layout, engine, replica)
     return counted_day(landing_db, account_id, day, layout)

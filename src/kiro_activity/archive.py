@@ -6,6 +6,11 @@ by minutes. One run takes the highest committed ``seq`` of the landing log, ``W`
 every event past the last sealed one, ``S``, as one segment per (account, UTC receipt day)::
 
     DATA_DIR/archive/ACCOUNT/YYYY-MM-DD/seg-<first seq>-<last seq>.v1.parquet
+    ARCHIVE/ACCOUNT/YYYY-MM-DD/seg-<replica>-<first seq>-<last seq>.v1.parquet   (replicas)
+
+With replicas (``KIRO_ACTIVITY_REPLICA``, :mod:`.replicas`) every replica seals its own landing
+log into one shared archive folder: its segments carry its name, and a replica removes, compacts
+and purges only files of its own name (another replica's are named by that one's ledger).
 
 Each segment holds the events' ``seq``, ``received_us``, the raw body and the fields the metric
 rules read, typed (the columns of :func:`.aggregate.fields_sql`), zstd-compressed. Segments are
@@ -20,7 +25,7 @@ immutable and exactly once, by construction:
   skipped (``S`` moves only with the segments that cover up to it);
 * readers (:func:`day_files`, the rebuild, the retention) go by the ledger, never by listing the
   folder, so a half-written or orphaned file is never seen;
-* one sealer at a time: runs hold ``archive/.seal.lock``.
+* one sealer at a time: runs hold ``archive/.seal.lock`` (``.seal-<replica>.lock``).
 
 When a day has closed (and a minute has passed for the last group commit of the day), its
 segments are **compacted** into one, the same way: the new file is written and fsync'd, then one
@@ -32,7 +37,8 @@ over the same files (``make bench-report``). The retention (:mod:`.retention`) d
 raw events from the landing log only when the ledger covers them and each segment's file is
 there with the size and row count the ledger recorded.
 
-What is not built yet: the archive lives in the data folder, not yet in the account's bucket.
+Every committed segment is also put in the account's bucket when it has an S3 location
+(:func:`upload`), under a key layout that no report reader lists.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -56,6 +63,7 @@ import pyarrow.parquet as pq
 
 from . import landing, store
 from .aggregate import BATCH, DAY_US, day_of, day_window, fields_sql, parquet_list, read_day
+from .aggregate import SCHEMA as SCHEMA_RAW
 from .config import Config
 from .deliver import Destination, PutResult
 from .errors import DeliveryError
@@ -192,15 +200,22 @@ def tail(landing_db: Path, account_id: str, day: date) -> pa.RecordBatchReader:
     return read_day(landing_db, account_id, day, after_seq=mark)
 
 
+def empty_tail() -> pa.RecordBatchReader:
+    """No unsealed events (a day read from segments only)."""
+    return pa.RecordBatchReader.from_batches(SCHEMA_RAW, iter(()))
+
+
 #: how long a sealing run waits for another one to finish before it gives up (and is retried)
 LOCK_WAIT_S = 120.0
 
 
 @contextlib.contextmanager
-def _sealer(archive_dir: Path) -> Iterator[None]:
-    """Hold ``archive/.seal.lock``: one sealer (seal, compaction, repair) at a time."""
+def _sealer(archive_dir: Path, replica: str = "") -> Iterator[None]:
+    """Hold ``archive/.seal.lock`` (a replica's own): one sealer (seal, compaction, repair) of
+    a landing log at a time."""
     archive_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(archive_dir / ".seal.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    lock = f".seal-{replica}.lock" if replica else ".seal.lock"
+    fd = os.open(archive_dir / lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:
@@ -257,24 +272,26 @@ def _write(source: pa.RecordBatchReader | str, final: Path) -> tuple[int, int, s
     return rows, final.stat().st_size, _sha256(final)
 
 
-def seal(landing_db: Path, archive_dir: Path, *, now: float) -> Sealed:
-    """Seal every committed event past the sealed mark, then compact the closed days."""
+def seal(landing_db: Path, archive_dir: Path, *, now: float, replica: str = "") -> Sealed:
+    """Seal every committed event past the sealed mark, then compact the closed days
+    (``replica``: the name this landing log's segments carry, see :mod:`.replicas`)."""
     out = Sealed()
     if not landing_db.exists():
         return out
-    with _sealer(archive_dir):
+    with _sealer(archive_dir, replica):
         conn = connect(landing_db)
         try:
-            out.orphans_removed = _remove_orphans(conn, archive_dir)
-            _seal_new(conn, archive_dir, now, out)
-            _compact_closed(conn, archive_dir, now, out)
+            out.orphans_removed = _remove_orphans(conn, archive_dir, replica)
+            _seal_new(conn, archive_dir, now, out, replica)
+            _compact_closed(conn, archive_dir, now, out, replica)
             out.sealed_seq = sealed_seq(conn)
         finally:
             conn.close()
     return out
 
 
-def _seal_new(conn: sqlite3.Connection, archive_dir: Path, now: float, out: Sealed) -> None:
+def _seal_new(conn: sqlite3.Connection, archive_dir: Path, now: float, out: Sealed,
+              replica: str) -> None:
     start = sealed_seq(conn)
     top = conn.execute("SELECT max(seq) FROM events").fetchone()[0]
     if top is None or top <= start:
@@ -287,7 +304,7 @@ def _seal_new(conn: sqlite3.Connection, archive_dir: Path, now: float, out: Seal
     try:
         for account_id, number, first, last, n in groups:
             day = date(1970, 1, 1) + timedelta(days=int(number))
-            name = _segment_name(first, last)
+            name = _segment_name(first, last, replica)
             final = archive_dir / account_id / day.isoformat() / name
             rows = _rows(conn, account_id, day, start, top)
             events, size, sha = _write(rows, final)
@@ -315,8 +332,15 @@ def _seal_new(conn: sqlite3.Connection, archive_dir: Path, now: float, out: Seal
     out.events += sum(m[4] for m in made)
 
 
-def _segment_name(first: int, last: int) -> str:
-    return f"seg-{first:012d}-{last:012d}.v{VERSION}.parquet"
+def _segment_name(first: int, last: int, replica: str = "") -> str:
+    source = f"{replica}-" if replica else ""
+    return f"seg-{source}{first:012d}-{last:012d}.v{VERSION}.parquet"
+
+
+def _own(replica: str) -> re.Pattern[str]:
+    """The file names (segments and their temporary files) a landing log's sealer writes."""
+    source = f"{re.escape(replica)}-" if replica else ""
+    return re.compile(rf"^\.?seg-{source}\d{{12}}-\d{{12}}\.")
 
 
 def _rows(conn: sqlite3.Connection, account_id: str, day: date, after: int,
@@ -337,7 +361,7 @@ def _rows(conn: sqlite3.Connection, account_id: str, day: date, after: int,
 
 
 def _compact_closed(conn: sqlite3.Connection, archive_dir: Path, now: float,
-                    out: Sealed) -> None:
+                    out: Sealed, replica: str) -> None:
     settled = day_of(int((now - COMPACT_AFTER_S) * 1_000_000))  # days before it are closed
     many = conn.execute("SELECT account_id, day FROM archive_segments WHERE day < ?"
                         " GROUP BY 1, 2 HAVING count(*) > 1", (settled.isoformat(),)).fetchall()
@@ -349,7 +373,7 @@ def _compact_closed(conn: sqlite3.Connection, archive_dir: Path, now: float,
             continue  # some pieces are in the bucket, some not yet: after the upload
         remote = "-" if uploaded == {True} else None  # the pieces are its copy in the bucket
         first, last = old[0].first_seq, max(s.last_seq for s in old)
-        name = _segment_name(first, last)
+        name = _segment_name(first, last, replica)
         final = archive_dir / account_id / day_text / name
         events, size, sha = _write(parquet_list([s.path(archive_dir) for s in old]), final)
         if events != sum(s.events for s in old):
@@ -369,15 +393,16 @@ def _compact_closed(conn: sqlite3.Connection, archive_dir: Path, now: float,
         out.compacted += 1
 
 
-def _remove_orphans(conn: sqlite3.Connection, archive_dir: Path) -> int:
-    """Delete segment files (and temporary files) that no ledger row names: left by a run
-    killed before its commit, or by a compaction killed after it."""
+def _remove_orphans(conn: sqlite3.Connection, archive_dir: Path, replica: str = "") -> int:
+    """Delete segment files (and temporary files) of this sealer's name that no ledger row
+    names: left by a run killed before its commit, or by a compaction killed after it."""
     named = {(s.account_id, s.day.isoformat(), s.name) for s in segments(conn)}
+    own = _own(replica)
     removed = 0
     for account_dir in (p for p in archive_dir.iterdir() if p.is_dir()):
         for day_dir in (p for p in account_dir.iterdir() if p.is_dir()):
             for path in day_dir.iterdir():
-                is_ours = path.name.startswith(("seg-", ".seg-"))
+                is_ours = own.match(path.name) is not None
                 if is_ours and (account_dir.name, day_dir.name, path.name) not in named:
                     path.unlink()
                     removed += 1
@@ -403,11 +428,12 @@ def covered(conn: sqlite3.Connection, archive_dir: Path, account_id: str,
     return None
 
 
-def repair(landing_db: Path, archive_dir: Path, account_id: str, day: date) -> int:
+def repair(landing_db: Path, archive_dir: Path, account_id: str, day: date,
+           replica: str = "") -> int:
     """Rewrite the account-day's missing or damaged segments from the landing log, when it
     still holds every event of them (the same seq range, the same count): how many."""
     fixed = 0
-    with _sealer(archive_dir):
+    with _sealer(archive_dir, replica):
         conn = connect(landing_db)
         try:
             lo, hi = day_window(day)
@@ -444,9 +470,10 @@ def _intact(path: Path, s: Segment) -> bool:
         return False
 
 
-def drop_days_before(conn: sqlite3.Connection, archive_dir: Path, keep_from: date) -> int:
-    """Delete the archive's days before ``keep_from`` (the ledger first, then the files):
-    how many account-days went."""
+def drop_days_before(conn: sqlite3.Connection, archive_dir: Path, keep_from: date,
+                     replica: str = "") -> int:
+    """Delete the archive's days before ``keep_from`` (the ledger first, then the files of
+    this landing log's own name): how many account-days went."""
     old = conn.execute("SELECT DISTINCT account_id, day FROM archive_segments WHERE day < ?",
                        (keep_from.isoformat(),)).fetchall()
     with store.transaction(conn):
@@ -454,9 +481,12 @@ def drop_days_before(conn: sqlite3.Connection, archive_dir: Path, keep_from: dat
     for account_id, day_text in old:
         folder = archive_dir / account_id / day_text
         if folder.exists():
+            own = _own(replica)
             for path in folder.iterdir():
-                path.unlink()
-            folder.rmdir()
+                if own.match(path.name):
+                    path.unlink()
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # empty: another replica's segments of the day are not ours
     return len(old)
 
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from . import aggregate, archive, audit, daily, db, landing, metrics, retention, store
+from . import aggregate, archive, audit, daily, db, landing, metrics, replicas, retention, store
 from . import settings as settings_mod
 from .config import Config
 from .deliver import Backoff
@@ -118,6 +118,8 @@ def serve(ctx: click.Context, host: str, port: int, rate: float | None, burst: f
 
         def clock() -> float:
             return start + (time.monotonic() - t0)
+    replicas.check(config)
+    replicas.register(config, clock())  # before the first event: the reports wait for it
     app = create_app(config, clock=clock)
     uvicorn.run(app, host=host, port=port, loop="uvloop", http=protocol_for(app),
                 lifespan="on", access_log=access_log, log_level="warning",
@@ -524,7 +526,9 @@ def report_seal(ctx: click.Context, account_id: str | None, day: str | None) -> 
     account with reports on and an S3 location; 'report build --rebuild' reads the archive."""
     if (account_id is None) != (day is None):
         raise UsageError("--account and --date go together")
-    done = archive.seal(ctx.obj.landing_db, ctx.obj.archive_dir, now=time.time())
+    done = archive.seal(ctx.obj.landing_db, ctx.obj.archive_dir, now=time.time(),
+                        replica=ctx.obj.replica)
+    replicas.publish(ctx.obj, time.time())  # with replicas: the days sealed for good
     click.echo(f"sealed {done.events} event(s) in {done.segments} segment(s), compacted "
                f"{done.compacted} day(s); sealed up to seq {done.sealed_seq}")
     sent = archive.upload(ctx.obj)
@@ -560,6 +564,41 @@ def report_status(ctx: click.Context, account_id: str, as_json: bool) -> None:
     if info["archive_error"]:
         click.echo(f"telemetry archive not in the bucket yet: {info['archive_error']}",
                    err=True)
+
+
+@main.group("replicas")
+def replicas_group() -> None:
+    """The replicas sharing this PostgreSQL control database (KIRO_ACTIVITY_REPLICA)."""
+
+
+@replicas_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+@_errors
+def replicas_list(ctx: click.Context, as_json: bool) -> None:
+    """Each replica: when it first and last ran, the last day it sealed for good (a day is
+    reported once every replica not retired has sealed it)."""
+    found = replicas.listing(_control(ctx))
+    if as_json:
+        click.echo(json.dumps([{**r.__dict__, "last_published": r.last_published and
+                                r.last_published.isoformat()} for r in found], indent=2))
+        return
+    for r in found:
+        seen = datetime.fromtimestamp(r.seen_at, UTC).isoformat(timespec="seconds")
+        state = "retired" if r.retired_at is not None else "live"
+        click.echo(f"{r.name}\t{state}\tlast seen {seen}\tsealed through "
+                   f"{r.last_published or 'nothing yet'}")
+
+
+@replicas_group.command("retire")
+@click.argument("name")
+@click.pass_context
+@_errors
+def replicas_retire(ctx: click.Context, name: str) -> None:
+    """Stop waiting for a replica that is gone for good (it is back when it starts again);
+    the events it never sealed are missing from the reports of their days."""
+    replicas.retire(_control(ctx), name, time.time())
+    click.echo(f"replica {name} retired: the reports no longer wait for it")
 
 
 @main.command("purge")

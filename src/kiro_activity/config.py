@@ -78,6 +78,13 @@ class Config:
     #: PostgreSQL, shared by replicas (``postgresql://user:password@host:port/database``);
     #: empty: SQLite in the data folder (docs/scaling.md)
     database_url: str = ""
+    #: this replica's name when several serve processes share one PostgreSQL control database
+    #: and one archive folder (a letter, then letters, digits, "-" or "_"; at most 40); empty:
+    #: the only one. Each account's day is then produced once, by whichever replica claims
+    #: it, from every replica's sealed segments (:mod:`.replicas`, docs/scaling.md)
+    replica: str = ""
+    #: the telemetry archive's folder (shared by the replicas); empty: ``DATA_DIR/archive``
+    archive_folder: str = ""
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
@@ -112,4 +119,4 @@ class Config:
     @property
     def archive_dir(self) -> Path:
         """The telemetry archive: typed Parquet segments of every event (:mod:`.archive`)."""
-        return self.data_dir / "archive"
+        return Path(self.archive_folder) if self.archive_folder else self.data_dir / "archive"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from . import db, retention
+from . import db, replicas, retention
 from . import settings as settings_mod
 from .aggregate import aggregate_day
 from .audit import record
@@ -39,9 +39,12 @@ class Outcome:
 
     account_id: str
     day: date
-    state: str  # delivered | already_delivered | failed
+    #: delivered | already_delivered | failed | waiting (for replicas to seal the day) |
+    #: claimed (another replica is delivering it)
+    state: str
     objects: list[tuple[str, str]] = field(default_factory=list)  # (key, result)
     error: DeliveryError | None = None
+    note: str = ""
 
 
 def destination_for(config: Config, account: Account,
@@ -82,8 +85,15 @@ def render(config: Config, account: Account, s: settings_mod.Settings, day: date
         raise UsageError(f"{day} is not closed yet: the spark engine reads the sealed day, "
                          "written once the day is closed (use the duckdb engine for it so far)")
     prefix = split_location(s.s3_uri)[1] if s.s3_uri else ""
-    agg = aggregate_day(config.landing_db, account.account_id, day, layout=s.layout,
-                        rebuild=rebuild, archive_dir=config.archive_dir, engine=config.engine)
+    if config.replica:  # every replica's events: from the shared archive, once all sealed it
+        if not closed(day, now):
+            raise UsageError(f"{day} is not closed yet: with replicas (KIRO_ACTIVITY_REPLICA) a "
+                             "day is reported once every replica has sealed it")
+        agg = replicas.aggregate(config, account.account_id, day, s.layout)
+    else:
+        agg = aggregate_day(config.landing_db, account.account_id, day, layout=s.layout,
+                            rebuild=rebuild, archive_dir=config.archive_dir,
+                            engine=config.engine)
     return build_drop(agg, region=account.region, prefix=prefix, layout=s.layout,
                       generated_at=datetime.fromtimestamp(now, UTC), partial=not closed(day, now),
                       manifest=s.manifest or not s.s3_uri)
@@ -176,6 +186,9 @@ def _deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[]
                  actor: str | None) -> Outcome:
     conn = connect(config.control)
     try:
+        if isinstance(conn, db.PgConnection) and not conn.try_lock(
+                f"kiro-activity delivery {account_id} {day.isoformat()}"):
+            return Outcome(account_id, day, "claimed", note="another replica is delivering it")
         account = require_account(conn, account_id)
         s = settings_mod.get(conn, account_id)
         dest, description = destination_for(config, account, s)
@@ -187,8 +200,11 @@ def _deliver_day(config: Config, account_id: str, day: date, *, now: Callable[[]
             "SELECT 1 FROM drop_objects WHERE account_id = ? AND day = ? AND delivered_at"
             " IS NOT NULL", (account_id, day.isoformat())).fetchone() is not None
         if row is None or replace or (row[0] != description and not delivered_any):
-            plan(conn, config, account, day, s=s, description=description, now=now(),
-                 replace=replace, actor=actor)
+            try:
+                plan(conn, config, account, day, s=s, description=description, now=now(),
+                     replace=replace, actor=actor)
+            except replicas.NotSealedYet as exc:
+                return Outcome(account_id, day, "waiting", note=str(exc))
             kill_point("planned")
         return _send(conn, dest, account_id, day, now=now, attempts=attempts,
                      backoff=backoff or Backoff(), sleep=sleep)

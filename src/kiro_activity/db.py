@@ -104,6 +104,13 @@ class PgConnection:
     def executescript(self, script: str) -> None:
         self._conn.execute(script)
 
+    def try_lock(self, name: str) -> bool:
+        """Take the advisory lock of ``name`` for this connection's session, unless another
+        session holds it: a lease that ends with the holder's connection, even a killed one."""
+        row = self._conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                                 (name,)).fetchone()
+        return bool(row[0])
+
     def close(self) -> None:
         self._conn.close()
 

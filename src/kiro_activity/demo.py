@@ -48,8 +48,9 @@ def free_port() -> int:
 def start_server(config: Config, port: int, *extra: str) -> subprocess.Popen[bytes]:
     """Start ``kiro-activity serve`` as a child process and wait until it answers /health."""
     env = dict(os.environ)
-    if config.database_url:
-        env["KIRO_ACTIVITY_DATABASE_URL"] = config.database_url
+    for name in ("database_url", "replica", "archive_folder"):  # what the data folder is not
+        if getattr(config, name):
+            env[f"KIRO_ACTIVITY_{name.upper()}"] = getattr(config, name)
     proc = subprocess.Popen(
         [sys.executable, "-m", "kiro_activity", "--data-dir", str(config.data_dir), "serve",
          "--host", "127.0.0.1", "--port", str(port), *extra], env=env,

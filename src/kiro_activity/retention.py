@@ -85,7 +85,8 @@ def _landing(config: Config, cut: date, now: float, out: Purged) -> None:
     if not config.landing_db.exists():
         return
     try:
-        out.sealed = archive.seal(config.landing_db, config.archive_dir, now=now).segments
+        out.sealed = archive.seal(config.landing_db, config.archive_dir, now=now,
+                                  replica=config.replica).segments
     except Exception:  # what is sealed already may still go; the rest stays (covered says so)
         log.exception("could not seal the archive; unsealed events stay in the landing log")
     conn = archive.connect(config.landing_db)
@@ -102,7 +103,8 @@ def _landing(config: Config, cut: date, now: float, out: Purged) -> None:
             for account_id in accounts:
                 why = archive.covered(conn, config.archive_dir, account_id, day)
                 if why is not None and "damaged" in why and archive.repair(
-                        config.landing_db, config.archive_dir, account_id, day):
+                        config.landing_db, config.archive_dir, account_id, day,
+                        config.replica):
                     why = archive.covered(conn, config.archive_dir, account_id, day)
                 if why is None:
                     out.events_deleted += _delete_day(conn, account_id, day)
@@ -139,7 +141,7 @@ def _archive(config: Config, keep_from: date, out: Purged) -> None:
         conn = archive.connect(config.landing_db)
         try:
             out.archive_days_deleted += archive.drop_days_before(conn, config.archive_dir,
-                                                                 keep_from)
+                                                                 keep_from, config.replica)
         finally:
             conn.close()
     if not config.archive_dir.exists():

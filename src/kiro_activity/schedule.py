@@ -16,7 +16,7 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from . import archive, retention, settings, store, usage
+from . import archive, replicas, retention, settings, store, usage
 from .config import Config
 from .daily import Outcome, deliver_day, due_days
 from .deliver import Backoff
@@ -62,6 +62,10 @@ class Scheduler:
             for day in days:
                 outcome = deliver_day(self.config, account_id, day, now=self.clock)
                 outcomes.append(outcome)
+                if outcome.state in ("waiting", "claimed"):  # replicas: not this one's turn yet
+                    self.retry_at[account_id] = now + replicas.WAIT_S
+                    log.info("report of %s for %s: %s", account_id, day, outcome.note)
+                    break
                 if outcome.state == "failed":
                     n = self.failures.get(account_id, 0)
                     self.failures[account_id] = n + 1
@@ -111,9 +115,16 @@ class Scheduler:
         and the next run tries again)."""
         self.next_seal = self.clock() + self.config.seal_interval
         try:
-            archive.seal(self.config.landing_db, self.config.archive_dir, now=self.clock())
+            archive.seal(self.config.landing_db, self.config.archive_dir, now=self.clock(),
+                         replica=self.config.replica)
         except Exception:
             log.exception("could not seal the archive (the events stay in the landing log)")
+        try:  # with replicas: alive, and the days this one has sealed for good
+            replicas.register(self.config, self.clock())
+            replicas.publish(self.config, self.clock())
+        except Exception:
+            log.exception("could not publish this replica's sealed days (tried again at the "
+                          "next sealing)")
         try:
             archive.upload(self.config)  # the copy in each account's bucket
         except Exception:

@@ -124,6 +124,32 @@ CREATE TABLE IF NOT EXISTS archive_errors (
     at         REAL NOT NULL,
     message    TEXT NOT NULL
 );
+-- the replicas sharing this control database (replicas.py): each must have sealed a day before
+-- any of them produces the day's report
+CREATE TABLE IF NOT EXISTS replicas (
+    replica_id TEXT PRIMARY KEY,
+    first_seen REAL NOT NULL,
+    seen_at    REAL NOT NULL,
+    retired_at REAL
+);
+-- a replica has sealed every event it received on the day: its segments of the day are final
+CREATE TABLE IF NOT EXISTS replica_days (
+    replica_id TEXT NOT NULL,
+    day        TEXT NOT NULL,
+    at         REAL NOT NULL,
+    PRIMARY KEY (replica_id, day)
+);
+-- those final segments, per account (files of the shared archive folder)
+CREATE TABLE IF NOT EXISTS replica_segments (
+    account_id TEXT NOT NULL,
+    day        TEXT NOT NULL,
+    replica_id TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    events     INTEGER NOT NULL,
+    size       INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    PRIMARY KEY (account_id, day, replica_id, name)
+);
 """
 
 ACCOUNT_RE = re.compile(r"\d{12}")
