@@ -93,6 +93,7 @@ def test_two_replicas_deliver_each_account_day_once(
         post(a, tokens["alice"], [e for i, e in enumerate(events) if i % 2 == 0])
         post(b, tokens["alice"], [e for i, e in enumerate(events) if i % 2 == 1])
         post(a, tokens["alice"], [events[0]])  # a retry to the same replica: counted once
+        post(b, tokens["alice"], [events[2]])  # a retry that reached the other one: once too
         post(b, tokens["bob"], [ev("metricData", metricName="x", metricValue=1.0,
                                    timestamp=1764547100.0, product="p")])
         post(a, tokens["carol"], [inline_chat("ACCEPT", 1, 1)], OTHER_ACCOUNT)

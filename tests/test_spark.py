@@ -291,3 +291,45 @@ def test_engine_choice_and_missing_pyspark(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setitem(sys.modules, "pyspark", None)  # as if not installed
     with pytest.raises(UsageError, match=r"pip install 'kiro-activity\[spark\]'"):
         spark.session()
+
+
+def test_replicas_segments_count_a_retry_once_in_both_engines(session: None,
+                                                               tmp_path: Path) -> None:
+    """Several replicas' segments of a day (kiro_activity.replicas): a client's retry that
+    reached the other replica (the same user and clientToken) counts once, in both engines;
+    events without a clientToken all count."""
+    start, _ = aggregate.day_window(DAY)
+
+    def body(token: str | None, message: str) -> bytes:
+        out: dict[str, Any] = {"telemetryEvent": {"chatAddMessageEvent": {
+            "conversationId": "c", "messageId": message}}, "userContext": {}}
+        if token:
+            out["clientToken"] = token
+        return orjson.dumps(out)
+
+    received = {"a": [("u1", "t1", "m1"), ("u1", None, "m3"), ("u2", "t1", "m4")],
+                "b": [("u1", "t1", "m1"), ("u1", "t2", "m2"), ("u1", None, "m3")]}
+    paths = []
+    for replica, events in received.items():
+        db = tmp_path / replica / "landing.db"
+        conn = landing.connect(db)
+        conn.execute("BEGIN")
+        conn.executemany(landing.INSERT, [
+            (start + i, ACCOUNT, user, "chatAddMessageEvent", token, None, "OPTIN", None, None,
+             "test", body(token, message)) for i, (user, token, message) in enumerate(events)])
+        conn.execute("COMMIT")
+        conn.close()
+        archive.seal(db, tmp_path / "archive", now=datetime(2030, 1, 1, tzinfo=UTC).timestamp(),
+                     replica=replica)
+        paths += archive.day_files(db, tmp_path / "archive", ACCOUNT, DAY)
+    assert [p.name[:6] for p in paths] == ["seg-a-", "seg-b-"]
+    sent = aggregate.aggregate_table((paths, aggregate.read_day(tmp_path / "none.db", ACCOUNT,
+                                                                 DAY)))
+    assert sent[1] == 6  # every row of both segments
+    once = aggregate.aggregate_table(aggregate.Once(paths))
+    assert once[1] == 5  # u1's retry of t1 once; u2's t1 is another user's; m3 has no token
+    assert [user for user, _ in once[0]] == ["u1", "u2"]
+    assert spark.aggregate_table(paths, once=True) == once
+    layout = "documented"
+    assert spark.aggregate_cells(paths, layout, once=True) == aggregate.aggregate_cells(
+        aggregate.Once(paths), layout)

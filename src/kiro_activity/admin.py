@@ -395,6 +395,8 @@ class AdminApi:
                 "objects": [{"key": k, "result": r} for k, r in outcome.objects],
                 "error": None if outcome.error is None else {
                     "code": outcome.error.code, "message": str(outcome.error)}}
+        if outcome.note:  # replicas: the day waits for one, or another one delivers it
+            raise ConflictError(f"{day}: {outcome.note}")
         return (200 if outcome.state != "failed" else 502), body
 
     async def audit(self, request: Request, p: Principal, account_id: str) -> tuple[int, object]:

@@ -153,9 +153,28 @@ def query() -> str:
     return f"WITH fields AS (\n{fields_sql('raw')}\n)\n{pivot_sql('fields')}"
 
 
-#: what the pivot reads: raw events (Arrow), a sealed day (Parquet of typed events), or a day's
-#: archive segments and its unsealed tail (raw events)
-Source: TypeAlias = pa.Table | pa.RecordBatchReader | Path | tuple[list[Path], pa.RecordBatchReader]
+@dataclass(frozen=True)
+class Once:
+    """Segments of one day written by several replicas (:mod:`.replicas`): each landing log
+    dropped the retries it received itself, but a client's retry may have reached another
+    replica, so an event counts once per (user, ``clientToken``), the first received, as the
+    landing log's own dedupe does."""
+
+    paths: list[Path]
+
+
+def once_sql(paths: list[Path]) -> str:
+    """The typed events of ``paths``, each (user, clientToken) once (see :class:`Once`)."""
+    token = "json_extract_string(body, '$.clientToken')"
+    return (f"(SELECT * EXCLUDE (seq, received_us, body) FROM read_parquet({parquet_list(paths)})"
+            f" QUALIFY {token} IS NULL OR row_number() OVER (PARTITION BY user_id, {token}"
+            " ORDER BY received_us, seq) = 1)")
+
+
+#: what the pivot reads: raw events (Arrow), a sealed day (Parquet of typed events), a day's
+#: archive segments and its unsealed tail (raw events), or several replicas' segments of a day
+Source: TypeAlias = (pa.Table | pa.RecordBatchReader | Path
+                     | tuple[list[Path], pa.RecordBatchReader] | Once)
 
 
 def parquet_list(paths: list[Path]) -> str:
@@ -169,6 +188,8 @@ def _run(raw: Source, wrap: str = "{}") -> list[tuple[Any, ...]]:
     try:
         if isinstance(raw, Path):
             sql = pivot_sql(f"read_parquet('{_sql_text(str(raw))}')")
+        elif isinstance(raw, Once):
+            sql = pivot_sql(once_sql(raw.paths))
         elif isinstance(raw, tuple):
             files, rest = raw
             con.register("raw", rest)

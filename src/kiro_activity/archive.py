@@ -63,7 +63,6 @@ import pyarrow.parquet as pq
 
 from . import landing, store
 from .aggregate import BATCH, DAY_US, day_of, day_window, fields_sql, parquet_list, read_day
-from .aggregate import SCHEMA as SCHEMA_RAW
 from .config import Config
 from .deliver import Destination, PutResult
 from .errors import DeliveryError
@@ -198,11 +197,6 @@ def tail(landing_db: Path, account_id: str, day: date) -> pa.RecordBatchReader:
     finally:
         conn.close()
     return read_day(landing_db, account_id, day, after_seq=mark)
-
-
-def empty_tail() -> pa.RecordBatchReader:
-    """No unsealed events (a day read from segments only)."""
-    return pa.RecordBatchReader.from_batches(SCHEMA_RAW, iter(()))
 
 
 #: how long a sealing run waits for another one to finish before it gives up (and is retried)

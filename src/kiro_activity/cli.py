@@ -476,6 +476,8 @@ def report_run(ctx: click.Context, account_id: str, day: str, replace: bool,
     if outcome.state == "failed":
         assert outcome.error is not None
         raise outcome.error
+    if outcome.note:  # replicas: not sealed by every replica yet, or another one delivers it
+        raise UsageError(f"{account_id} {when}: {outcome.state}: {outcome.note}")
     click.echo(f"{account_id} {when}: {outcome.state.replace('_', ' ')}", err=True)
 
 
@@ -512,6 +514,8 @@ def report_backfill(ctx: click.Context, account_id: str, first: str, last: str, 
             if outcome.state == "failed":
                 assert outcome.error is not None
                 raise outcome.error
+            if outcome.note:
+                raise UsageError(f"{account_id} {day}: {outcome.state}: {outcome.note}")
 
 
 @report.command("seal")

@@ -38,7 +38,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from . import archive, db, store
-from .aggregate import DayAggregate, aggregate_cells, aggregate_table, day_of, day_window
+from .aggregate import DayAggregate, Once, aggregate_cells, aggregate_table, day_of, day_window
 from .config import Config
 from .errors import KiroActivityError, UsageError
 
@@ -189,11 +189,11 @@ def aggregate(config: Config, account_id: str, day: date, layout: str | None) ->
     if config.engine == "spark":
         from . import spark
         if layout is not None:
-            cells, events = spark.aggregate_cells(paths, layout)
+            cells, events = spark.aggregate_cells(paths, layout, once=True)
             return DayAggregate(account_id, day, window, [], events, cells, layout)
-        rows, events = spark.aggregate_table(paths)
+        rows, events = spark.aggregate_table(paths, once=True)
         return DayAggregate(account_id, day, window, rows, events)
-    source = (paths, archive.empty_tail())
+    source = Once(paths)  # a client's retry that reached another replica counts once
     if layout is not None:
         cells, events = aggregate_cells(source, layout)
         return DayAggregate(account_id, day, window, [], events, cells, layout)

@@ -127,11 +127,18 @@ def _expression(rule: Rule) -> Column:
     return F.count_distinct(F.when(cond, key))
 
 
-def pivot(paths: Sequence[Path | str]) -> DataFrame:
-    """Per user ``user_id``, ``events`` and the metrics ``m0``..``m43`` in METRICS order."""
+def pivot(paths: Sequence[Path | str], once: bool = False) -> DataFrame:
+    """Per user ``user_id``, ``events`` and the metrics ``m0``..``m43`` in METRICS order
+    (``once``: each (user, clientToken) once, as :func:`.aggregate.once_sql`)."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     events = session().read.parquet(*[str(p) for p in paths])
+    if once:
+        token = F.get_json_object("body", "$.clientToken")
+        first = Window.partitionBy("user_id", token).orderBy("received_us", "seq")
+        events = (events.withColumn("_nth", F.row_number().over(first))
+                  .where(token.isNull() | (F.col("_nth") == 1)).drop("_nth"))
     return events.groupBy("user_id").agg(
         F.count(F.lit(1)).alias("events"),
         *[_expression(m.rule).alias(f"m{i}") for i, m in enumerate(METRICS)])
@@ -143,25 +150,27 @@ def _ordered(frame: DataFrame, *columns: Column | str) -> list[Any]:
     return frame.select(*columns).orderBy(F.col("user_id").asc_nulls_last()).collect()
 
 
-def aggregate_table(paths: Sequence[Path | str]) -> tuple[list[tuple[str, list[int]]], int]:
+def aggregate_table(paths: Sequence[Path | str],
+                    once: bool = False) -> tuple[list[tuple[str, list[int]]], int]:
     """Per user (code-point order) the metrics in METRICS order, and the number of events:
     :func:`.aggregate.aggregate_table` of the same sealed files, computed by Spark."""
     if not paths:
         return [], 0
-    result = _ordered(pivot(paths), "user_id", "events",
+    result = _ordered(pivot(paths, once), "user_id", "events",
                       *[f"m{i}" for i in range(len(METRICS))])
     rows = [(r[0], [int(v) for v in r[2:]]) for r in result]
     return rows, sum(int(r[1]) for r in result)
 
 
-def aggregate_cells(paths: Sequence[Path | str], layout: str) -> tuple[list[tuple[str, str]], int]:
+def aggregate_cells(paths: Sequence[Path | str], layout: str,
+                    once: bool = False) -> tuple[list[tuple[str, str]], int]:
     """Like :func:`aggregate_table`, each user's cells joined by Spark in the layout's column
     order: :func:`.aggregate.aggregate_cells` of the same sealed files."""
     from pyspark.sql import functions as F
 
     if not paths:
         return [], 0
-    frame = pivot(paths)  # first: columns need the session
+    frame = pivot(paths, once)  # first: columns need the session
     cells = F.concat_ws(",", *[F.col(f"m{i}").cast("string") for i in column_order(layout)])
     result = _ordered(frame, "user_id", "events", cells.alias("cells"))
     return [(r[0], r[2]) for r in result], sum(int(r[1]) for r in result)

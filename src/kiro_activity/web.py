@@ -304,6 +304,11 @@ class WebPages:
             return await run_in_threadpool(
                 lambda: self._account_page(request, p, session_id, account_id, status=502,
                                            notice=f"Delivering {day} again failed: {message}"))
+        if outcome.note:  # replicas: the day waits for one, or another one delivers it
+            return await run_in_threadpool(
+                lambda: self._account_page(request, p, session_id, account_id, status=409,
+                                           notice=f"{day} is not delivered again yet: "
+                                                  f"{outcome.note}"))
         raise Redirect(f"/admin/accounts/{account_id}?replaced={day}")
 
 
