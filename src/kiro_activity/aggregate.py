@@ -251,22 +251,36 @@ def rebuild_day(landing_db: Path, account_id: str, day: date,
     if engine == "spark":
         if archive_dir is None:
             raise UsageError("the spark engine reads the archive: no archive folder given")
-        from . import archive, spark
+        from . import archive
         archive.seal(landing_db, archive_dir, now=time.time(), replica=replica)
         paths = archive.day_files(landing_db, archive_dir, account_id, day)
         if archive.tail(landing_db, account_id, day).read_all().num_rows:
             raise UsageError(f"{day} has events not sealed yet: the spark engine reads "
                              "closed, sealed days (try again in a moment)")
-        if layout is not None:
-            cells, events = spark.aggregate_cells(paths, layout)
-            return DayAggregate(account_id, day, day_window(day), [], events, cells, layout)
-        rows, events = spark.aggregate_table(paths)
-        return DayAggregate(account_id, day, day_window(day), rows, events)
-    source = day_source(landing_db, account_id, day, archive_dir)
+        return spark_day(account_id, day, paths, layout)
+    return source_day(account_id, day, day_source(landing_db, account_id, day, archive_dir),
+                      layout)
+
+
+def source_day(account_id: str, day: date, source: Source, layout: str | None) -> DayAggregate:
+    """DuckDB's pivot of ``source`` as the account's day (with a ``layout``: its cells)."""
     if layout is not None:
         cells, events = aggregate_cells(source, layout)
         return DayAggregate(account_id, day, day_window(day), [], events, cells, layout)
     rows, events = aggregate_table(source)
+    return DayAggregate(account_id, day, day_window(day), rows, events)
+
+
+def spark_day(account_id: str, day: date, paths: list[Path], layout: str | None,
+              once: bool = False) -> DayAggregate:
+    """Spark's pivot of the segments ``paths`` as the account's day (see :func:`source_day`;
+    ``once``: as :class:`Once`)."""
+    from . import spark
+
+    if layout is not None:
+        cells, events = spark.aggregate_cells(paths, layout, once)
+        return DayAggregate(account_id, day, day_window(day), [], events, cells, layout)
+    rows, events = spark.aggregate_table(paths, once)
     return DayAggregate(account_id, day, day_window(day), rows, events)
 
 

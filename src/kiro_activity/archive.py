@@ -61,7 +61,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import landing, store
+from . import db, landing, store
 from .aggregate import BATCH, DAY_US, day_of, day_window, fields_sql, parquet_list, read_day
 from .config import Config
 from .deliver import Destination, PutResult
@@ -573,9 +573,7 @@ def _note_error(config: Config, account_id: str, message: str | None) -> None:
                 control.execute("DELETE FROM archive_errors WHERE account_id = ?",
                                 (account_id,))
             else:
-                control.execute("INSERT INTO archive_errors VALUES (?, ?, ?) ON CONFLICT"
-                                " (account_id) DO UPDATE SET at = excluded.at,"
-                                " message = excluded.message",
+                control.execute(db.upsert("archive_errors", ["account_id"], ["at", "message"]),
                                 (account_id, time.time(), message))
     finally:
         control.close()

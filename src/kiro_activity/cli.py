@@ -28,10 +28,6 @@ from .errors import KiroActivityError, SettingsRejected, UsageError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-#: what a command reports as a message instead of a traceback
-_ERRORS: tuple[type[BaseException], ...] = (KiroActivityError, *db.errors(), OSError)
-
-
 def _errors(fn: F) -> F:
     """Turn our errors (and SQLite's) into a message on stderr and exit 1."""
 
@@ -39,7 +35,9 @@ def _errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except _ERRORS as exc:
+        except Exception as exc:
+            if not isinstance(exc, (KiroActivityError, OSError, *db.errors())):
+                raise
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
 

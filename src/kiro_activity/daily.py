@@ -126,13 +126,9 @@ def plan(conn: db.Connection, config: Config, account: Account, day: date, *,
                    after={"replacements": replacements, "destination": description,
                           "users": drop.users, "events": drop.events})
         conn.execute("DELETE FROM drop_objects WHERE account_id = ? AND day = ?", key)
-        conn.execute("INSERT INTO drops (account_id, day, layout, destination, users, events,"
-                     " planned_at, replacements) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                     " ON CONFLICT (account_id, day) DO UPDATE SET layout = excluded.layout,"
-                     " destination = excluded.destination, users = excluded.users,"
-                     " events = excluded.events, planned_at = excluded.planned_at,"
-                     " replacements = excluded.replacements, delivered_at = NULL,"
-                     " attempts = 0",
+        conn.execute(db.upsert("drops", ["account_id", "day"],
+                               ["layout", "destination", "users", "events", "planned_at",
+                                "replacements"], also="delivered_at = NULL, attempts = 0"),
                      (*key, s.layout, description, drop.users, drop.events, now, replacements))
         conn.executemany(
             "INSERT INTO drop_objects (account_id, day, seq, key, content_type, sha256, size,"
@@ -248,10 +244,8 @@ def _send(conn: db.Connection, dest: Destination, account_id: str, day: date, *,
 def record_error(conn: db.Connection, account_id: str, day: date, err: DeliveryError,
                  at: float) -> None:
     """The account's last delivery error, shown to its admins until a delivery succeeds."""
-    conn.execute("INSERT INTO delivery_errors VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT"
-                 " (account_id) DO UPDATE SET at = excluded.at, day = excluded.day,"
-                 " code = excluded.code, message = excluded.message,"
-                 " configuration = excluded.configuration",
+    conn.execute(db.upsert("delivery_errors", ["account_id"],
+                           ["at", "day", "code", "message", "configuration"]),
                  (account_id, at, day.isoformat(), err.code, err.message, int(not err.transient)))
 
 

@@ -38,7 +38,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from . import archive, db, store
-from .aggregate import DayAggregate, Once, aggregate_cells, aggregate_table, day_of, day_window
+from .aggregate import DayAggregate, Once, day_of, day_window, source_day, spark_day
 from .config import Config
 from .errors import KiroActivityError, UsageError
 
@@ -179,26 +179,16 @@ def day_files(config: Config, account_id: str, day: date) -> list[Path]:
 def aggregate(config: Config, account_id: str, day: date, layout: str | None) -> DayAggregate:
     """The account's closed day over every replica's segments (DuckDB, or Spark)."""
     paths = day_files(config, account_id, day)
-    window = day_window(day)
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise UsageError(f"the shared archive folder {config.archive_dir} lacks {missing[0]} "
                          "(is KIRO_ACTIVITY_ARCHIVE_FOLDER the same folder on every replica?)")
     if not paths:
-        return DayAggregate(account_id, day, window, [], 0, [] if layout else None, layout)
+        return DayAggregate(account_id, day, day_window(day), [], 0, [] if layout else None,
+                            layout)
     if config.engine == "spark":
-        from . import spark
-        if layout is not None:
-            cells, events = spark.aggregate_cells(paths, layout, once=True)
-            return DayAggregate(account_id, day, window, [], events, cells, layout)
-        rows, events = spark.aggregate_table(paths, once=True)
-        return DayAggregate(account_id, day, window, rows, events)
-    source = Once(paths)  # a client's retry that reached another replica counts once
-    if layout is not None:
-        cells, events = aggregate_cells(source, layout)
-        return DayAggregate(account_id, day, window, [], events, cells, layout)
-    rows, events = aggregate_table(source)
-    return DayAggregate(account_id, day, window, rows, events)
+        return spark_day(account_id, day, paths, layout, once=True)
+    return source_day(account_id, day, Once(paths), layout)  # a retry to another replica: once
 
 
 @dataclass(frozen=True)

@@ -209,13 +209,9 @@ def get(conn: db.Connection, account_id: str) -> Settings:
 
 def _save(conn: db.Connection, s: Settings, now: float) -> None:
     conn.execute(
-        "INSERT INTO settings (account_id, enabled, s3_uri, layout, sse, kms_key_arn,"
-        " enabled_since, updated_at, manifest, warnings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (account_id) DO UPDATE SET enabled = excluded.enabled,"
-        " s3_uri = excluded.s3_uri, layout = excluded.layout, sse = excluded.sse,"
-        " kms_key_arn = excluded.kms_key_arn, enabled_since = excluded.enabled_since,"
-        " updated_at = excluded.updated_at, manifest = excluded.manifest,"
-        " warnings = excluded.warnings",
+        db.upsert("settings", ["account_id"], ["enabled", "s3_uri", "layout", "sse",
+                                               "kms_key_arn", "enabled_since", "updated_at",
+                                               "manifest", "warnings"]),
         (s.account_id, int(s.enabled), s.s3_uri, s.layout, s.sse, s.kms_key_arn,
          s.enabled_since.isoformat() if s.enabled_since else None, now, int(s.manifest),
          json.dumps(list(s.warnings)) if s.warnings else None))
