@@ -224,3 +224,32 @@ def test_a_realistic_day_matches_the_reference() -> None:
     rows, _ = aggregate_table(raw)
     assert rows == [(u, [evaluate(by_user[u])[m.name] for m in METRICS]) for u in sorted(by_user)]
     assert sum(sum(v) for _, v in rows) > 0
+
+
+ODD_VALUES = st.one_of(st.none(), st.booleans(), st.text(max_size=3), st.integers(-5, 2**40),
+                       st.floats(allow_nan=True), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(events(), st.dictionaries(st.sampled_from(metrics.fields_used()), ODD_VALUES,
+                                 max_size=3))
+def test_compiled_deltas_equal_the_rules_applied_one_by_one(
+        event: tuple[str, dict[str, Any], str | None], odd: dict[str, Any]) -> None:
+    """metrics.deltas (one generated function per member) gives exactly what the rules give
+    one by one, for typical values and for any JSON value in the fields the rules read."""
+    member, fields, ide = event
+    for ev in (fields, {**fields, **odd}):
+        try:
+            expected: Any = metrics.deltas_reference(member, ev, ide)
+        except TypeError as exc:  # an unhashable value compared with a set: both refuse it
+            with pytest.raises(TypeError):
+                metrics.deltas(member, ev, ide)
+            assert "unhashable" in str(exc)
+            continue
+        assert metrics.deltas(member, ev, ide) == expected
+
+
+def test_compiled_deltas_cover_every_member_of_a_rule() -> None:
+    members = {mem for m in (*METRICS, *metrics.EXTRA) for mem in m.rule.members}
+    assert members <= set(metrics._COMPILED)
+    assert metrics.deltas("noSuchEvent", {"suggestionState": "ACCEPT"}, None) == ((), None)
