@@ -8,7 +8,7 @@ header of both layouts, ``metrics.json``, the docs (``docs/metrics.md``), the Du
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -427,7 +427,7 @@ def _compile(member: str) -> Any:
         lines.append(f"    if {' and '.join(dconds) or 'True'}:")
         lines.append(f"        return tuple(out), ({', '.join(dkeys)},)")
     lines.append("    return tuple(out), None")
-    exec("\n".join(lines), consts)  # noqa: S102 - source built above from METRICS, not input
+    exec("\n".join(lines), consts)  # the source is built above from METRICS, never from input
     return consts["deltas"]
 
 
@@ -435,7 +435,8 @@ def _none(event: Mapping[str, Any], ide: str | None) -> Deltas:
     return (), None
 
 
-_COMPILED: dict[str, Any] = {m: _compile(m) for m in {*_BY_MEMBER, *_DISTINCT_RULE.members}}
+_COMPILED: dict[str, Callable[[Mapping[str, Any], str | None], Deltas]] = {
+    m: _compile(m) for m in {*_BY_MEMBER, *_DISTINCT_RULE.members}}
 
 
 def deltas(member: str, event: Mapping[str, Any], ide_category: str | None) -> Deltas:
