@@ -20,7 +20,7 @@ from typing import Any, TypeAlias
 import duckdb
 import pyarrow as pa
 
-from . import counters, events, landing
+from . import counters, events, landing, logrows
 from .errors import UsageError
 from .metrics import AMOUNT_MAX, METRICS, SUM_MAX, Rule, column_order, numeric_fields, text_fields
 
@@ -74,11 +74,10 @@ def read_day(landing_db: Path, account_id: str, day: date,
     def batches() -> Iterator[pa.RecordBatch]:
         conn = landing.connect(landing_db, readonly=True)
         try:
-            cur = conn.execute(
-                "SELECT user_id, member, ide_category, CAST(body AS TEXT) FROM events"
-                " WHERE received_us >= ? AND received_us < ? AND account_id = ? AND seq > ?",
-                (start, end, account_id, after_seq))
-            while rows := cur.fetchmany(BATCH):
+            for rows in logrows.scan(
+                    conn, ("user_id", "member", "ide_category", "body"),
+                    "WHERE received_us >= ? AND received_us < ? AND account_id = ? AND seq > ?",
+                    (start, end, account_id, after_seq), text=True):
                 columns = list(zip(*rows, strict=True))
                 yield pa.RecordBatch.from_arrays(
                     [pa.array(c, pa.string()) for c in columns], schema=SCHEMA)

@@ -61,8 +61,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import db, landing, store
-from .aggregate import BATCH, DAY_US, day_of, day_window, fields_sql, parquet_list, read_day
+from . import db, landing, logrows, store
+from .aggregate import DAY_US, day_of, day_window, fields_sql, parquet_list, read_day
 from .config import Config
 from .deliver import Destination, PutResult
 from .errors import DeliveryError
@@ -291,7 +291,7 @@ def _seal_new(conn: sqlite3.Connection, archive_dir: Path, now: float, out: Seal
     if top is None or top <= start:
         return  # nothing new (and nothing to write: no lock taken from the writer)
     groups = conn.execute(
-        "SELECT account_id, received_us / ? AS d, min(seq), max(seq), count(*) FROM events"
+        "SELECT account_id, received_us / ? AS d, min(seq - n + 1), max(seq), sum(n) FROM events"
         " WHERE seq > ? AND seq <= ? GROUP BY 1, 2 ORDER BY 1, 2",
         (DAY_US, start, top)).fetchall()
     made: list[tuple[str, date, int, int, int, str, int, str]] = []
@@ -340,13 +340,13 @@ def _own(replica: str) -> re.Pattern[str]:
 def _rows(conn: sqlite3.Connection, account_id: str, day: date, after: int,
           upto: int) -> pa.RecordBatchReader:
     lo, hi = day_window(day)
-    cur = conn.execute(
-        "SELECT seq, received_us, user_id, member, ide_category, CAST(body AS TEXT) FROM events"
-        " WHERE received_us >= ? AND received_us < ? AND account_id = ? AND seq > ? AND"
-        " seq <= ? ORDER BY seq", (lo, hi, account_id, after, upto))
+    chunks = logrows.scan(
+        conn, ("seq", "received_us", "user_id", "member", "ide_category", "body"),
+        "WHERE received_us >= ? AND received_us < ? AND account_id = ? AND seq > ? AND seq <= ?",
+        (lo, hi, account_id, after, upto), text=True)
 
     def batches() -> Iterator[pa.RecordBatch]:
-        while rows := cur.fetchmany(BATCH):
+        for rows in chunks:
             cols = list(zip(*rows, strict=True))
             yield pa.RecordBatch.from_arrays(
                 [pa.array(c, t.type) for c, t in zip(cols, _RAW, strict=True)], schema=_RAW)
@@ -411,9 +411,8 @@ def covered(conn: sqlite3.Connection, archive_dir: Path, account_id: str,
     before the sealed mark, each segment file there with its recorded size and row count);
     else why not."""
     lo, hi = day_window(day)
-    past = conn.execute("SELECT count(*) FROM events WHERE received_us >= ? AND"
-                        " received_us < ? AND account_id = ? AND seq > ?",
-                        (lo, hi, account_id, sealed_seq(conn))).fetchone()[0]
+    past = logrows.count(conn, "WHERE received_us >= ? AND received_us < ? AND account_id = ?"
+                         " AND seq > ?", (lo, hi, account_id, sealed_seq(conn)))
     if past:
         return f"{past} events not sealed yet"
     for s in segments(conn, account_id, day):
@@ -435,10 +434,9 @@ def repair(landing_db: Path, archive_dir: Path, account_id: str, day: date,
                 path = s.path(archive_dir)
                 if _intact(path, s):
                     continue
-                n = conn.execute("SELECT count(*) FROM events WHERE received_us >= ? AND"
-                                 " received_us < ? AND account_id = ? AND seq >= ? AND"
-                                 " seq <= ?", (lo, hi, account_id, s.first_seq,
-                                               s.last_seq)).fetchone()[0]
+                n = logrows.count(conn, "WHERE received_us >= ? AND received_us < ? AND"
+                                  " account_id = ? AND seq >= ? AND seq <= ?",
+                                  (lo, hi, account_id, s.first_seq, s.last_seq))
                 if n != s.events:
                     log.error("segment %s is damaged and the landing log no longer holds its "
                               "events (%d of %d)", path, n, s.events)

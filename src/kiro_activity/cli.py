@@ -19,7 +19,19 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from . import aggregate, archive, audit, daily, db, landing, metrics, replicas, retention, store
+from . import (
+    aggregate,
+    archive,
+    audit,
+    daily,
+    db,
+    landing,
+    logrows,
+    metrics,
+    replicas,
+    retention,
+    store,
+)
 from . import settings as settings_mod
 from .config import Config
 from .deliver import Backoff
@@ -248,16 +260,23 @@ def tokens_list(ctx: click.Context, account_id: str, as_json: bool) -> None:
 def events_cmd(ctx: click.Context, account_id: str | None) -> None:
     """Print how many events the landing log holds, per account and member (JSON)."""
     conn = landing.connect(ctx.obj.landing_db)
-    where, args = ("WHERE account_id = ?", (account_id,)) if account_id else ("", ())
-    rows = conn.execute(
-        f"SELECT account_id, member, count(*), count(DISTINCT user_id) FROM events {where}"
-        " GROUP BY 1, 2 ORDER BY 1, 2", args,
-    ).fetchall()
+    where, args = ("AND account_id = ?", (account_id,)) if account_id else ("", ())
+    # single events counted by SQLite, per user so that batch rows' users can join them
+    tally: dict[tuple[str, str], dict[str, int]] = {}
+    for account, member, user, n in conn.execute(
+            f"SELECT account_id, member, user_id, count(*) FROM events WHERE idx IS NULL {where}"
+            " GROUP BY 1, 2, 3", args):
+        tally.setdefault((account, member), {})[user] = n
+    for chunk in logrows.scan(conn, ("account_id", "member", "user_id"),
+                              f"WHERE idx IS NOT NULL {where}", args):
+        for account, member, user in chunk:
+            users = tally.setdefault((account, member), {})
+            users[user] = users.get(user, 0) + 1
     out: dict[str, Any] = {}
-    for account, member, n, users in rows:
+    for (account, member), users in sorted(tally.items()):
         acc = out.setdefault(account, {"events": 0, "members": {}})
-        acc["events"] += n
-        acc["members"][member] = {"events": n, "users": users}
+        acc["events"] += sum(users.values())
+        acc["members"][member] = {"events": sum(users.values()), "users": len(users)}
     click.echo(json.dumps(out, indent=2))
 
 

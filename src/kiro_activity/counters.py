@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ import orjson
 
 from . import breakdown
 from .breakdown import Dim
+from .logrows import scan
 from .metrics import AMOUNT_MAX, DISTINCT, EXTRA, METRICS, SUM_MAX, deltas
 
 N = len(METRICS) + 1  # the metrics, then the number of events
@@ -142,6 +143,34 @@ class GroupCounts:
         if interaction is not None:
             self.interactions.setdefault((*key, interaction[0], interaction[1]), dim)
 
+    def add_batch(self, key: Key, members: Sequence[str], ides: Sequence[str | None],
+                  lines: Sequence[bytes]) -> None:
+        """Add the events of one batch row (one user-day): the same amounts as :meth:`add` of
+        each line's :func:`amounts_of`, summed per (IDE, language) first."""
+        per_dim: dict[Dim, list[int]] = {}
+        for member, ide, line in zip(members, ides, lines, strict=True):
+            amounts, interaction, dim = amounts_of(member, line, ide)
+            dcell = per_dim.get(dim)
+            if dcell is None:
+                dcell = per_dim[dim] = [0] * NX
+            for index, amount in amounts:
+                dcell[index] += amount
+            dcell[EVENTS] += 1
+            if interaction is not None:
+                self.interactions.setdefault((*key, interaction[0], interaction[1]), dim)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = [0] * NX
+        for dim, dcell in per_dim.items():
+            dkey = (key[0], key[1], *dim)
+            have = self.dims.get(dkey)
+            if have is None:
+                self.dims[dkey] = dcell
+            else:
+                have[:] = map(operator.add, have, dcell)
+            cell[:] = map(operator.add, cell, dcell)
+            self.present.add((*dkey, key[2]))
+
     def merge(self, other: GroupCounts) -> None:
         """Add ``other`` in; ``other`` must not be used afterwards (its lists are taken over)."""
         _merge(self.cells, other.cells)
@@ -235,12 +264,14 @@ def _tail(conn: sqlite3.Connection, where: str = "", args: tuple[object, ...] = 
     """The amounts of the events past the watermark (optionally only some of them)."""
     watermark = int(conn.execute("SELECT watermark FROM counters_meta").fetchone()[0])
     counts, last = GroupCounts(), watermark
-    for seq, account, user, received_us, member, ide, body in conn.execute(
-            "SELECT seq, account_id, user_id, received_us, member, ide_category, body"
-            f" FROM events WHERE seq > ? {where} ORDER BY seq", (watermark, *args)):
-        amounts, interaction, dim = amounts_of(member, body, ide)
-        counts.add((account, received_us // 86_400_000_000, user), amounts, interaction, dim)
-        last = seq
+    for chunk in scan(conn, ("seq", "account_id", "user_id", "received_us", "member",
+                             "ide_category", "body"), f"WHERE seq > ? {where}",
+                      (watermark, *args)):
+        for seq, account, user, received_us, member, ide, body in chunk:
+            amounts, interaction, dim = amounts_of(member, body, ide)
+            counts.add((account, received_us // 86_400_000_000, user), amounts, interaction,
+                       dim)
+            last = seq
     return counts, last
 
 
@@ -257,12 +288,13 @@ def _recount_unbounded(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM user_day WHERE account_id = ? AND day = ? AND user_id = ?",
                      (account, day, user))
         counts = GroupCounts()
-        for member, ide, body in conn.execute(
-                "SELECT member, ide_category, body FROM events WHERE seq <= ? AND account_id = ?"
-                " AND user_id = ? AND received_us >= ? AND received_us < ?",
-                (watermark, account, user, day * 86_400_000_000, (day + 1) * 86_400_000_000)):
-            amounts, _ = amounts_of(member, body, ide)[:2]
-            counts.add((account, day, user), amounts, None)
+        for chunk in scan(conn, ("member", "ide_category", "body"),
+                          "WHERE seq <= ? AND account_id = ? AND user_id = ? AND received_us >= ?"
+                          " AND received_us < ?", (watermark, account, user, day * 86_400_000_000,
+                                                   (day + 1) * 86_400_000_000)):
+            for member, ide, body in chunk:
+                amounts, _ = amounts_of(member, body, ide)[:2]
+                counts.add((account, day, user), amounts, None)
         counts.dims.clear()  # events of before the breakdown: shown there as not recorded
         counts.present.clear()
         write(conn, counts, watermark)

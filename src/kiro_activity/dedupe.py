@@ -16,7 +16,7 @@ n / 2**64 (5e-14 for a million keys).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 DAY_US = 86_400 * 1_000_000
 
@@ -26,6 +26,20 @@ def dedupe_key(account_id: str, user_id: str, client_token: str) -> int:
     raw = f"{account_id}\x1f{user_id}\x1f{client_token}".encode("utf-8", "surrogatepass")
     digest = hashlib.blake2b(raw, digest_size=8, person=b"kiro-dedupe").digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def dedupe_keys(account_id: str, user_id: str) -> Callable[[str], int]:
+    """:func:`dedupe_key` of one user's tokens (a batch): the hash of the shared prefix is
+    taken once."""
+    prefix = hashlib.blake2b(f"{account_id}\x1f{user_id}\x1f".encode("utf-8", "surrogatepass"),
+                             digest_size=8, person=b"kiro-dedupe")
+
+    def key(client_token: str) -> int:
+        h = prefix.copy()
+        h.update(client_token.encode("utf-8", "surrogatepass"))
+        return int.from_bytes(h.digest(), "big", signed=True)
+
+    return key
 
 
 class DedupeIndex:
@@ -40,6 +54,10 @@ class DedupeIndex:
 
     def __contains__(self, key: int) -> bool:
         return any(key in keys for keys in self._days.values())
+
+    def sets(self) -> list[set[int]]:
+        """The days' sets, for a caller that tests many keys at once."""
+        return list(self._days.values())
 
     def add(self, day: int, keys: Iterable[int]) -> None:
         self._days.setdefault(day, set()).update(keys)

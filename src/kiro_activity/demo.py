@@ -217,7 +217,7 @@ def _reports(console: Console, config: Config, day: date) -> None:
 def _summary(console: Console, config: Config, port: int, total: int,
              statuses: dict[int, int], elapsed: float) -> None:
     conn = landing.connect(config.landing_db, readonly=True)
-    rows = conn.execute("SELECT account_id, count(*), count(DISTINCT user_id) FROM events"
+    rows = conn.execute("SELECT account_id, sum(n), count(DISTINCT user_id) FROM events"
                         " GROUP BY 1 ORDER BY 1").fetchall()
     conn.close()
     table = Table(title="Landing log (all days)")

@@ -33,7 +33,7 @@ from .errors import (
     ValidationError,
     retry_seconds,
 )
-from .landing import LandingLog, LandingRecord
+from .landing import BatchRecord, LandingLog, LandingRecord
 from .metrics import deltas
 from .schedule import Scheduler
 from .store import Principal
@@ -188,8 +188,9 @@ class IngestApp:
         # every line costs one event of the token's bucket; lines past what it covers are
         # answered 429 (none covered: the whole call is, with its Retry-After)
         granted, wait = self.event_limiter.take(principal.token_id, len(lines))
-        records: list[LandingRecord] = []
-        results = [self._line(number, line, principal, headers, records)
+        batch = BatchRecord(principal.account_id, principal.principal, "batch",
+                            [], [], [], [], [], [])
+        results = [self._line(number, line, principal, headers, batch)
                    for number, line in enumerate(lines[:granted], 1)]
         if granted < len(lines):
             throttled = ThrottlingError(
@@ -199,18 +200,21 @@ class IngestApp:
                 retry_after=wait)
             results += [{"line": number, "status": 429, **throttled.body()}
                         for number in range(granted + 1, len(lines) + 1)]
-        stored = await self.landing.append(records) if records else 0
+        accepted = len(batch)
+        stored = await self.landing.append([batch]) if accepted else 0
         summary = {
-            "lines": len(lines), "accepted": len(records), "stored": stored,
-            "duplicates": len(records) - stored, "rejected": len(lines) - len(records),
+            "lines": len(lines), "accepted": accepted, "stored": stored,
+            "duplicates": accepted - stored, "rejected": len(lines) - accepted,
             "throttled": len(lines) - granted, "results": results,
         }
         extra = error_headers(throttled)[1:] if granted < len(lines) else None
         await _send(send, 200, orjson.dumps(summary), extra)
 
     def _line(self, number: int, line: bytes, principal: Principal, headers: dict[str, str],
-              records: list[LandingRecord]) -> dict[str, Any]:
-        """One batch line checked like a single event (its 1 MiB limit too): its result."""
+              batch: BatchRecord) -> dict[str, Any]:
+        """One batch line checked like a single event (its 1 MiB limit too), added to the
+        batch if it passes: its result. The metric amounts are worked out by the landing
+        writer, per batch, on its own core."""
         try:
             if len(line) > self.config.max_body_bytes:
                 raise ValidationError(
@@ -218,10 +222,16 @@ class IngestApp:
                     f"{self.config.max_body_bytes} bytes like a single request",
                     reason="CONTENT_LENGTH_EXCEEDS_THRESHOLD")
             request = events.parse_request(line)
-            records.append(self._record(request, line, principal, headers, "batch"))
-            return {"line": number, "status": 200}
+            opt_out = self._check(request, principal, headers)
         except ApiError as exc:
             return {"line": number, "status": exc.status, **exc.body()}
+        batch.lines.append(line)
+        batch.members.append(request.member)
+        batch.client_tokens.append(request.client_token)
+        batch.opt_outs.append(opt_out)
+        batch.client_ts.append(request.client_timestamp)
+        batch.ides.append(request.ide_category)
+        return {"line": number, "status": 200}
 
     def _admit(self, headers: dict[str, str], events: int = 1) -> Principal:
         """The token's principal, its request taken from its rate limit (and ``events``); a
@@ -242,6 +252,19 @@ class IngestApp:
 
     def _record(self, request: events.TelemetryRequest, body: bytes, principal: Principal,
                 headers: dict[str, str], protocol: str) -> LandingRecord:
+        opt_out = self._check(request, principal, headers)
+        amounts, interaction = deltas(request.member, request.event, request.ide_category)
+        return LandingRecord(
+            principal.account_id, principal.principal, request.member, request.client_token,
+            opt_out, request.client_timestamp, request.ide_category, protocol, body,
+            amounts, interaction, breakdown.dim_of(request.event, request.ide_category),
+        )
+
+    def _check(self, request: events.TelemetryRequest, principal: Principal,
+               headers: dict[str, str]) -> str | None:
+        """Refuse an event that is not the token's user's (its profileArn's account and
+        Region, its Kiro userId); its optOutPreference, from the header when the body has
+        none."""
         if request.profile_arn is not None:
             region, account_id = events.parse_profile_arn(request.profile_arn)
             expected = self.auth.account(principal.account_id)
@@ -257,12 +280,7 @@ class IngestApp:
         opt_out = request.opt_out
         if opt_out is None:
             opt_out = OPTOUT_HEADER.get(headers.get("x-amzn-codewhisperer-optout", "").lower())
-        amounts, interaction = deltas(request.member, request.event, request.ide_category)
-        return LandingRecord(
-            principal.account_id, principal.principal, request.member, request.client_token,
-            opt_out, request.client_timestamp, request.ide_category, protocol, body,
-            amounts, interaction, breakdown.dim_of(request.event, request.ide_category),
-        )
+        return opt_out
 
     async def _health(self, send: Send) -> None:
         ok = self.landing.healthy

@@ -28,6 +28,13 @@ stored again; events without a clientToken are each stored.
 
 The receipt time of an event is the clock when its group is prepared, so a day closes cleanly:
 once the clock has passed midnight no event can get a receipt time in the day before.
+
+A bulk request's events are kept as **one row** (:class:`BatchRecord`): ``n`` events under the
+seqs ``seq - n + 1 .. seq``, their lines as received joined by newlines and compressed (zstd),
+and an index of them (member, clientToken, dedupe key, optOutPreference, client timestamp,
+ideCategory; msgpack, compressed) in ``idx``. A single event is a row with ``n = 1`` and no
+``idx``. Readers go through :func:`scan`, which hands every event out one by one whichever way
+it is kept, or add ``n`` where they count.
 """
 
 from __future__ import annotations
@@ -55,8 +62,9 @@ from typing import Any
 from . import breakdown, counters, store
 from .breakdown import Dim
 from .counters import GroupCounts
-from .dedupe import DAY_US, DedupeIndex, dedupe_key
+from .dedupe import DAY_US, DedupeIndex, dedupe_key, dedupe_keys
 from .errors import StoreUnavailableError
+from .logrows import COLUMNS, decode_index, dedupe_rows, encode_index, pack, scan
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +81,23 @@ CREATE TABLE IF NOT EXISTS events (
     client_ts    REAL,
     ide_category TEXT,
     protocol     TEXT NOT NULL,
-    body         BLOB NOT NULL
+    body         BLOB NOT NULL,
+    n            INTEGER NOT NULL DEFAULT 1,
+    idx          BLOB
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events(received_us);
 """
+#: the columns added since the first schema, as (name, declaration), for older databases
+ADDED = (("n", "INTEGER NOT NULL DEFAULT 1"), ("idx", "BLOB"))
 INSERT = (
     "INSERT INTO events (received_us, account_id, user_id, member, client_token, dedupe_key,"
     " opt_out, client_ts, ide_category, protocol, body) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
-COLUMNS = (
-    "seq", "received_us", "account_id", "user_id", "member", "client_token", "dedupe_key",
-    "opt_out", "client_ts", "ide_category", "protocol", "body",
+INSERT_SEQ = (
+    "INSERT INTO events (seq, received_us, account_id, user_id, member, client_token,"
+    " dedupe_key, opt_out, client_ts, ide_category, protocol, body, n, idx) VALUES"
+    " (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
-
-
 @dataclass(frozen=True, slots=True)
 class LandingRecord:
     """One accepted request, as it will be stored (the receipt time is added at commit)."""
@@ -105,6 +116,32 @@ class LandingRecord:
     interaction: tuple[str | None, ...] | None = None
     #: the (IDE, language) the dashboard's breakdown counts it under (see breakdown.dim_of)
     dim: Dim = breakdown.UNRECORDED
+
+
+@dataclass(slots=True)
+class BatchRecord:
+    """The accepted lines of one bulk request (one token, so one user), stored as one row;
+    per event, in the lines' order, the fields a :class:`LandingRecord` has."""
+
+    account_id: str
+    user_id: str
+    protocol: str
+    lines: list[bytes]
+    members: list[str]
+    client_tokens: list[str | None]
+    opt_outs: list[str | None]
+    client_ts: list[float | None]
+    ides: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+Record = LandingRecord | BatchRecord
+
+
+def _events(records: Sequence[Record]) -> int:
+    return sum(len(r) if type(r) is BatchRecord else 1 for r in records)
 
 
 #: per row, what it adds to its user-day's counters: (amounts, interaction), or None when they
@@ -135,6 +172,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             conn.execute("PRAGMA cache_size=-131072")
             conn.executescript(SCHEMA + counters.SCHEMA)
             counters.migrate(conn)
+        _migrate(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
         if isinstance(exc, sqlite3.OperationalError):  # locked, I/O, full disk: not damage
@@ -143,11 +181,26 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns a landing log of an earlier version lacks (a batch row's ``n`` and
+    ``idx``; its rows are all single events, as the defaults say)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    for name, declaration in ADDED:
+        if have and name not in have:
+            conn.execute(f"ALTER TABLE events ADD COLUMN {name} {declaration}")
+
+
 def counts_of(rows: Sequence[tuple[object, ...]], extra: Sequence[Extra]) -> GroupCounts:
-    """What a group's rows add to the per-user-day counters."""
+    """What a group's rows add to the per-user-day counters (a batch row's: worked out from
+    its lines in one pass)."""
     totals = GroupCounts()
     for row, more in zip(rows, extra, strict=True):
         received_us, account_id, user_id, member = row[0], row[1], row[2], row[3]
+        if len(row) == _BATCH_ROW:  # as the log prepared it: lines joined, index not packed
+            members, _, _, _, _, ides = decode_index(row[12])  # type: ignore[arg-type]
+            totals.add_batch((str(account_id), int(received_us) // DAY_US,  # type: ignore[call-overload]
+                              str(user_id)), members, ides, row[10].split(b"\n"))  # type: ignore[attr-defined]
+            continue
         if more is None:
             amounts, interaction, dim = counters.amounts_of(
                 str(member), row[10], row[8])  # type: ignore[arg-type]
@@ -287,7 +340,7 @@ class _WriterLink:
 class _Group:
     """A group sent to the writer, waiting for its answer."""
 
-    waiters: list[tuple[Sequence[LandingRecord], asyncio.Future[int]]]
+    waiters: list[tuple[Sequence[Record], asyncio.Future[int]]]
     prepared: _Prepared
     done: asyncio.Future[None]
     ticket: int = 0
@@ -307,18 +360,14 @@ class LandingLog:
         self._conn = connect(path)  # reads, and the writes of append_sync
         self.seen = DedupeIndex(dedupe_days)
         now_us = int(clock() * 1_000_000)
-        self.seen.load(self._conn.execute(
-            "SELECT received_us, dedupe_key FROM events"
-            " WHERE dedupe_key IS NOT NULL AND received_us >= ?",
-            (self.seen.oldest_kept_us(now_us),),
-        ))
+        self.seen.load(dedupe_rows(self._conn, self.seen.oldest_kept_us(now_us)))
         recovered = counters.recover(self._conn)
         if recovered:
             log.info("counters brought up to date with %d events past their watermark", recovered)
         self.counters = counters.Counters()  # of append_sync; the writer process keeps its own
         self._lock = threading.Lock()  # one user of self._conn at a time
         self._inflight: set[int] = set()
-        self._pending: deque[tuple[Sequence[LandingRecord], asyncio.Future[int]]] = deque()
+        self._pending: deque[tuple[Sequence[Record], asyncio.Future[int]]] = deque()
         self._group: _Group | None = None  # with the writer
         self._busy = False  # a group is with the writer or about to be taken
         self._writer: _WriterLink | None = None
@@ -337,11 +386,11 @@ class LandingLog:
             self._conn.close()
         os.close(self._lock_fd)
 
-    async def append(self, records: Sequence[LandingRecord]) -> int:
+    async def append(self, records: Sequence[Record]) -> int:
         """Store records durably; returns how many were new (the rest were repeats)."""
         return await self.submit(records, asyncio.get_running_loop())
 
-    def submit(self, records: Sequence[LandingRecord],
+    def submit(self, records: Sequence[Record],
                loop: asyncio.AbstractEventLoop) -> asyncio.Future[int]:
         """Queue records for the next group commit (on the loop's thread); the future gets how
         many were new once they are durable, or the error that kept them from the disk."""
@@ -366,7 +415,7 @@ class LandingLog:
         if group is not None:
             await asyncio.shield(group.done)
 
-    def append_sync(self, records: Sequence[LandingRecord]) -> int:
+    def append_sync(self, records: Sequence[Record]) -> int:
         """Blocking form of :meth:`append`, committed on this process's own connection, for
         callers without a running event loop (tools, tests); not while the writer process runs
         (its answers are matched to the rows it commits)."""
@@ -392,13 +441,13 @@ class LandingLog:
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Take the pending requests as one group and send it to the writer."""
-        waiters: list[tuple[Sequence[LandingRecord], asyncio.Future[int]]] = []
+        waiters: list[tuple[Sequence[Record], asyncio.Future[int]]] = []
         size = 0
         while self._pending and (not waiters
-                                 or size + len(self._pending[0][0]) <= self.max_group):
+                                 or size + _events(self._pending[0][0]) <= self.max_group):
             item = self._pending.popleft()
             waiters.append(item)
-            size += len(item[0])
+            size += _events(item[0])
         try:
             prepared = self._prepare([records for records, _ in waiters])
         except Exception as exc:  # a bug, not the disk: answer 500 and go on
@@ -509,7 +558,7 @@ class LandingLog:
         except Exception as exc:  # the watermark did not move: nothing is lost
             log.warning("counters not written yet (%s); will retry", exc)
 
-    def _prepare(self, group: list[Sequence[LandingRecord]]) -> _Prepared:
+    def _prepare(self, group: list[Sequence[Record]]) -> _Prepared:
         """Receipt time and dedupe for a group; its new keys are held as in flight."""
         received_us = int(self.clock() * 1_000_000)
         rows: list[tuple[object, ...]] = []
@@ -518,8 +567,12 @@ class LandingLog:
         keys: set[int] = set()
         self.seen.expire(received_us)
         for records in group:
-            before = len(rows)
+            new = 0
             for r in records:
+                if type(r) is BatchRecord:
+                    new += self._prepare_batch(r, received_us, rows, extra, keys)
+                    continue
+                assert isinstance(r, LandingRecord)
                 key = None
                 if r.client_token is not None:
                     key = dedupe_key(r.account_id, r.user_id, r.client_token)
@@ -530,9 +583,45 @@ class LandingLog:
                              r.client_token, key, r.opt_out, r.client_ts, r.ide_category,
                              r.protocol, r.body))
                 extra.append(None if r.amounts is None else (r.amounts, r.interaction, r.dim))
-            counts.append(len(rows) - before)
+                new += 1
+            counts.append(new)
         self._inflight |= keys
         return _Prepared(rows, extra, counts, keys, received_us // DAY_US)
+
+    def _prepare_batch(self, b: BatchRecord, received_us: int, rows: list[tuple[object, ...]],
+                       extra: list[Extra], keys: set[int]) -> int:
+        """One batch's new events as one row (one event: a plain row); how many are new."""
+        key_of = dedupe_keys(b.account_id, b.user_id)
+        held = [keys, self._inflight, *self.seen.sets()]
+        kept: list[int] = []
+        dkeys: list[int | None] = []
+        for i, token in enumerate(b.client_tokens):
+            key = None
+            if token is not None:
+                key = key_of(token)
+                if any(key in s for s in held):
+                    continue  # a repeat: answered as stored, not stored again
+                keys.add(key)
+            kept.append(i)
+            dkeys.append(key)
+        if not kept:
+            return 0
+        if len(kept) == len(b.lines):
+            cols: list[list[Any]] = [b.members, b.client_tokens, dkeys, b.opt_outs, b.client_ts,
+                                     b.ides]
+            lines = b.lines
+        else:
+            cols = [[c[i] for i in kept] for c in (b.members, b.client_tokens)]
+            cols += [dkeys, *([c[i] for i in kept] for c in (b.opt_outs, b.client_ts, b.ides))]
+            lines = [b.lines[i] for i in kept]
+        if len(kept) == 1:
+            rows.append((received_us, b.account_id, b.user_id, cols[0][0], cols[1][0],
+                         cols[2][0], cols[3][0], cols[4][0], cols[5][0], b.protocol, lines[0]))
+        else:  # the writer packs the lines and the index (zstd) on its own core
+            rows.append((received_us, b.account_id, b.user_id, "", None, None, None, None, None,
+                         b.protocol, b"\n".join(lines), len(kept), encode_index(cols)))
+        extra.append(None)
+        return len(kept)
 
     def _settle(self, prepared: _Prepared, last_seq: int) -> None:
         """The group is stored: its keys count as seen from now on."""
@@ -552,11 +641,34 @@ class LandingLog:
 
 
 CHUNK = 256
+_BATCH_ROW = 13  # a prepared batch row: the 11 values of INSERT, then n and its index
 
 
 @functools.cache
 def _insert_sql(n: int) -> str:
     return INSERT + ",(?,?,?,?,?,?,?,?,?,?,?)" * (n - 1)
+
+
+@functools.cache
+def _insert_seq_sql(n: int) -> str:
+    return INSERT_SEQ + ",(?,?,?,?,?,?,?,?,?,?,?,?,?,?)" * (n - 1)
+
+
+def _with_seqs(conn: sqlite3.Connection, rows: list[tuple[object, ...]],
+               ) -> list[tuple[object, ...]]:
+    """The rows as :data:`INSERT_SEQ` takes them: each its seq (a batch row the last of its
+    ``n``), its body and index packed."""
+    seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+    out: list[tuple[object, ...]] = []
+    for row in rows:
+        if len(row) == _BATCH_ROW:
+            seq += row[11]  # type: ignore[operator]
+            out.append((seq, *row[:10], pack(row[10]), row[11],  # type: ignore[arg-type]
+                        pack(row[12])))  # type: ignore[arg-type]
+        else:
+            seq += 1
+            out.append((seq, *row, 1, None))
+    return out
 
 
 def insert_rows(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> int:
@@ -565,31 +677,42 @@ def insert_rows(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> int
     A group of up to CHUNK rows is one multi-row INSERT committed on its own (autocommit: one
     statement, one transaction, one fsync); larger groups are several such statements inside
     BEGIN ... COMMIT. On any error the transaction is rolled back and the error raised. Returns
-    the seq of the last row (the rows of one group get consecutive seqs).
+    the seq of the last event (the events of one group get consecutive seqs). A group with a
+    batch row gives every row its seq (one writer: nothing else inserts meanwhile).
     """
     if not rows:
         return 0
+    sql, width = _insert_sql, 11
+    if any(len(row) == _BATCH_ROW for row in rows):
+        rows, sql, width = _with_seqs(conn, rows), _insert_seq_sql, 14
     if len(rows) <= CHUNK:
-        cur = conn.execute(_insert_sql(len(rows)), [v for row in rows for v in row])
-        return int(cur.lastrowid or 0)
+        cur = conn.execute(sql(len(rows)), [v for row in rows for v in row])
+        return _last(rows, width, cur)
     conn.execute("BEGIN IMMEDIATE")
     try:
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start:start + CHUNK]
-            cur = conn.execute(_insert_sql(len(chunk)), [v for row in chunk for v in row])
+            cur = conn.execute(sql(len(chunk)), [v for row in chunk for v in row])
         conn.execute("COMMIT")
-        return int(cur.lastrowid or 0)
+        return _last(rows, width, cur)
     except BaseException:
         with contextlib.suppress(sqlite3.Error):  # the transaction may be gone already
             conn.execute("ROLLBACK")
         raise
 
 
+def _last(rows: list[tuple[object, ...]], width: int, cur: sqlite3.Cursor) -> int:
+    """The seq of the group's last event: given (explicit seqs) or SQLite's."""
+    last: Any = rows[-1][0] if width == 14 else cur.lastrowid
+    return int(last or 0)
+
+
 def read_events(path: Path, where: str = "", args: Sequence[object] = ()) -> list[dict[str, Any]]:
-    """All stored events (as dicts) matching an optional SQL condition; for tools and tests."""
+    """All stored events (as dicts) of the rows matching an optional SQL condition (as in
+    :func:`scan`); for tools and tests."""
     conn = connect(path, readonly=True)
     try:
-        sql = f"SELECT {', '.join(COLUMNS)} FROM events {where} ORDER BY seq"
-        return [dict(zip(COLUMNS, row, strict=True)) for row in conn.execute(sql, args)]
+        return [dict(zip(COLUMNS, event, strict=True))
+                for chunk in scan(conn, COLUMNS, where, args) for event in chunk]
     finally:
         conn.close()

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from . import archive, db, store
+from . import archive, db, logrows, store
 from .aggregate import DayAggregate, Once, day_of, day_window, source_day, spark_day
 from .config import Config
 from .errors import KiroActivityError, UsageError
@@ -143,9 +143,8 @@ def _final_segments(landing: sqlite3.Connection, day: date) -> list[archive.Segm
     """The day's segments when they are final: every event of the day sealed, one segment per
     account (compacted); else None (not yet)."""
     lo, hi = day_window(day)
-    unsealed = landing.execute("SELECT count(*) FROM events WHERE received_us >= ? AND"
-                               " received_us < ? AND seq > ?",
-                               (lo, hi, archive.sealed_seq(landing))).fetchone()[0]
+    unsealed = logrows.count(landing, "WHERE received_us >= ? AND received_us < ? AND seq > ?",
+                             (lo, hi, archive.sealed_seq(landing)))
     if unsealed:
         return None
     segs = archive.segments(landing, day=day)

@@ -125,13 +125,14 @@ def _delete_day(conn: sqlite3.Connection, account_id: str, day: date) -> int:
     lo, hi = day_window(day)
     deleted = 0
     while True:
-        with store.transaction(conn):
-            gone: int = conn.execute(  # never the newest row (see the docstring)
-                "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE"
-                " received_us >= ? AND received_us < ? AND account_id = ? AND"
-                " seq < (SELECT max(seq) FROM events) LIMIT ?)",
-                (lo, hi, account_id, BATCH)).rowcount
-        deleted += gone
+        rows = ("SELECT seq, n FROM events WHERE received_us >= ? AND received_us < ? AND"
+                " account_id = ? AND seq < (SELECT max(seq) FROM events) ORDER BY seq LIMIT ?")
+        with store.transaction(conn):  # never the newest row (see the docstring)
+            events, gone = conn.execute(f"SELECT coalesce(sum(n), 0), count(*) FROM ({rows})",
+                                        (lo, hi, account_id, BATCH)).fetchone()
+            conn.execute(f"DELETE FROM events WHERE seq IN (SELECT seq FROM ({rows}))",
+                         (lo, hi, account_id, BATCH))
+        deleted += int(events)  # a batch row holds n events
         if gone < BATCH:
             return deleted
 
