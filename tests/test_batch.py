@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from conftest import TARGET, Server, make_server
-from kiro_activity import landing
+from conftest import OTHER_PROFILE, TARGET, Server, make_server
+from kiro_activity import batchcheck, landing
 from kiro_activity.simulate import request_body
 
 BATCH = "/v1/batch/SendTelemetryEvent"
@@ -41,6 +41,34 @@ def test_batch_reports_every_line_and_stores_the_good_ones(server: Server) -> No
     rows = landing.read_events(server.config.landing_db, "WHERE user_id = 'batcher'")
     assert sorted(r["client_token"] for r in rows) == sorted(b["clientToken"] for b in good)
     assert {r["protocol"] for r in rows} == {"batch"}
+
+
+def test_a_large_batch_is_checked_in_a_worker_with_the_same_results(server: Server) -> None:
+    """From WORKER_MIN_LINES lines on, a worker process checks the lines: the same statuses
+    and errors line by line, the same events stored (and one row for all of them)."""
+    rng = random.Random(11)
+    good = [request_body("chatAddMessageEvent", rng) for _ in range(batchcheck.WORKER_MIN_LINES)]
+    foreign = {**request_body("userTriggerDecisionEvent", rng), "profileArn": OTHER_PROFILE}
+    spoof = request_body("kiroEnterpriseTelemetryEvent", rng, user_id="someone-else")
+    lines = [*good[:100], b"{broken", foreign, *good[100:], spoof, good[0], b"x" * 2_000_000]
+    with server.client("big-checker") as client:
+        r = client.post(BATCH, content=ndjson(lines), headers=NDJSON)
+        health = client.get("/health").json()
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert health["batches_checked_in_workers"] >= 1
+    n = len(good)
+    assert (out["lines"], out["accepted"], out["stored"]) == (n + 5, n + 1, n)
+    refused = {x["line"]: x for x in out["results"] if x["status"] != 200}
+    assert sorted((k, v["status"]) for k, v in refused.items()) == [
+        (101, 400), (102, 403), (n + 3, 403), (n + 5, 400)]
+    assert "not valid JSON" in refused[101]["message"]
+    assert "not a profile of this token's account" in refused[102]["message"]
+    assert "someone-else" not in refused[n + 3]["message"]
+    assert refused[n + 5]["reason"] == "CONTENT_LENGTH_EXCEEDS_THRESHOLD"
+    assert [x["line"] for x in out["results"]] == list(range(1, n + 6))
+    rows = landing.read_events(server.config.landing_db, "WHERE user_id = 'big-checker'")
+    assert sorted(r["body"] for r in rows) == sorted(orjson.dumps(b) for b in good)
 
 
 def test_a_batch_of_megabytes_is_stored_whole(server: Server) -> None:

@@ -27,6 +27,9 @@ class Config:
     max_batch_bytes: int = 64 * MIB
     #: most lines in one bulk-import call
     max_batch_lines: int = 100_000
+    #: worker processes that check the lines of large bulk-import calls (:mod:`.batchcheck`;
+    #: 0: on the event loop)
+    batch_workers: int = 1
     #: per-token sustained rate (requests/s) and burst (bucket size)
     rate_per_token: float = 100.0
     burst_per_token: float = 1000.0

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from . import breakdown, events, openapi
+from . import batchcheck, breakdown, events, openapi
 from .admin import Admin, AdminApi
 from .auth import Authenticator, FailureLimiter, RateLimiter
 from .body import ClientDisconnected, read_body
@@ -51,7 +51,6 @@ AWS_JSON = "application/x-amz-json-1.0"
 BATCH_PATH = "/v1/batch/SendTelemetryEvent"
 OK_BODY = b"{}"
 JSON_HEADERS = [(b"content-type", b"application/json")]
-OPTOUT_HEADER = {"true": "OPTOUT", "false": "OPTIN"}
 WANTED_HEADERS = frozenset({
     b"authorization", b"content-type", b"content-length", b"content-encoding", b"x-amz-target",
     b"x-amzn-codewhisperer-optout",
@@ -79,6 +78,7 @@ class IngestApp:
         self.event_limiter = RateLimiter(config.events_per_token, config.events_burst_per_token,
                                          what="events")
         self._openapi = orjson.dumps(openapi.document(config))
+        self.checker = batchcheck.Checker(config.batch_workers)
         self.scheduler = Scheduler(config, clock) if config.schedule else None
         admin = Admin(config, clock)
         self.admin_api = AdminApi(admin, self.auth, self.failures)
@@ -125,6 +125,7 @@ class IngestApp:
             elif message["type"] == "lifespan.shutdown":
                 self._stop.set()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+                self.checker.close()
                 if self._own_landing:
                     self.landing.close()
                 self.auth.close()
@@ -188,10 +189,20 @@ class IngestApp:
         # every line costs one event of the token's bucket; lines past what it covers are
         # answered 429 (none covered: the whole call is, with its Retry-After)
         granted, wait = self.event_limiter.take(principal.token_id, len(lines))
+        account = self.auth.account(principal.account_id)
+        token = batchcheck.Token(principal.account_id, principal.principal,
+                                 account.region if account is not None else None,
+                                 headers.get("x-amzn-codewhisperer-optout", ""),
+                                 self.config.max_body_bytes)
+        checked = await self.checker.check(lines[:granted], token)
         batch = BatchRecord(principal.account_id, principal.principal, "batch",
-                            [], [], [], [], [], [])
-        results = [self._line(number, line, principal, headers, batch)
-                   for number, line in enumerate(lines[:granted], 1)]
+                            [lines[i] for i in checked.accepted], checked.members,
+                            checked.client_tokens, checked.opt_outs, checked.client_ts,
+                            checked.ides)
+        results: list[dict[str, Any]] = [{"line": number, "status": 200}
+                                         for number in range(1, granted + 1)]
+        for i, status, body_ in checked.refused:
+            results[i] = {"line": i + 1, "status": status, **body_}
         if granted < len(lines):
             throttled = ThrottlingError(
                 f"{len(lines) - granted} of {len(lines)} lines are over the rate limit of "
@@ -209,29 +220,6 @@ class IngestApp:
         }
         extra = error_headers(throttled)[1:] if granted < len(lines) else None
         await _send(send, 200, orjson.dumps(summary), extra)
-
-    def _line(self, number: int, line: bytes, principal: Principal, headers: dict[str, str],
-              batch: BatchRecord) -> dict[str, Any]:
-        """One batch line checked like a single event (its 1 MiB limit too), added to the
-        batch if it passes: its result. The metric amounts are worked out by the landing
-        writer, per batch, on its own core."""
-        try:
-            if len(line) > self.config.max_body_bytes:
-                raise ValidationError(
-                    f"line {number} is {len(line)} bytes; a line holds one event, at most "
-                    f"{self.config.max_body_bytes} bytes like a single request",
-                    reason="CONTENT_LENGTH_EXCEEDS_THRESHOLD")
-            request = events.parse_request(line)
-            opt_out = self._check(request, principal, headers)
-        except ApiError as exc:
-            return {"line": number, "status": exc.status, **exc.body()}
-        batch.lines.append(line)
-        batch.members.append(request.member)
-        batch.client_tokens.append(request.client_token)
-        batch.opt_outs.append(opt_out)
-        batch.client_ts.append(request.client_timestamp)
-        batch.ides.append(request.ide_category)
-        return {"line": number, "status": 200}
 
     def _admit(self, headers: dict[str, str], events: int = 1) -> Principal:
         """The token's principal, its request taken from its rate limit (and ``events``); a
@@ -262,30 +250,20 @@ class IngestApp:
 
     def _check(self, request: events.TelemetryRequest, principal: Principal,
                headers: dict[str, str]) -> str | None:
-        """Refuse an event that is not the token's user's (its profileArn's account and
-        Region, its Kiro userId); its optOutPreference, from the header when the body has
-        none."""
+        """:func:`.batchcheck.check` of a single event: the account's Region is looked up only
+        for an event with a profileArn."""
+        region = None
         if request.profile_arn is not None:
-            region, account_id = events.parse_profile_arn(request.profile_arn)
-            expected = self.auth.account(principal.account_id)
-            if account_id != principal.account_id or expected is None or region != expected.region:
-                raise AccessDeniedError(
-                    f"profileArn {request.profile_arn} is not a profile of this token's account"
-                )
-        if request.user_id is not None and request.user_id != principal.principal:
-            raise AccessDeniedError(
-                f"telemetryEvent.{request.member}.userId is not the user of this token; "
-                "a user can only send telemetry as themself"
-            )
-        opt_out = request.opt_out
-        if opt_out is None:
-            opt_out = OPTOUT_HEADER.get(headers.get("x-amzn-codewhisperer-optout", "").lower())
-        return opt_out
+            account = self.auth.account(principal.account_id)
+            region = account.region if account is not None else None
+        return batchcheck.check(request, principal.account_id, principal.principal, region,
+                                headers.get("x-amzn-codewhisperer-optout", ""))
 
     async def _health(self, send: Send) -> None:
         ok = self.landing.healthy
         body = {"status": "ok" if ok else "degraded", "landing_log": "ok" if ok else "failing",
-                "commits": self.landing.commits, "fast_path_requests": self.fast_requests}
+                "commits": self.landing.commits, "fast_path_requests": self.fast_requests,
+                "batches_checked_in_workers": self.checker.in_workers}
         await _send(send, 200 if ok else 503, orjson.dumps(body))
 
 

@@ -1,0 +1,147 @@
+"""Checking a bulk request's lines, on the event loop or in a worker process.
+
+Every line of ``POST /v1/batch/SendTelemetryEvent`` is checked like a single event: its size,
+the JSON and the telemetry rules (:func:`.events.parse_request`), its profileArn against the
+token's account and Region, its Kiro ``userId`` against the token's user. That is about 6 us of
+CPU per line, most of a bulk import's cost on the event loop; the landing writer, on the other
+core, needs far less per line. So a batch of :data:`WORKER_MIN_LINES` lines or more is checked
+in a **worker process** (``batch_workers`` of them, default 1) while the loop goes on serving,
+and only what the loop needs comes back: per accepted line its index and the fields the landing
+log keeps, per refused line its status and error. Smaller batches are checked on the loop (a
+round trip to the worker costs more than they do).
+
+Both ways run :func:`check_lines`, so they accept and refuse the same lines with the same
+errors. A worker that dies (killed, out of memory) costs nothing but time: its batch is checked
+on the loop and a new worker is started for the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import multiprocessing
+import signal
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import events
+from .errors import AccessDeniedError, ApiError, ValidationError
+
+log = logging.getLogger(__name__)
+
+#: a batch with fewer lines is checked on the event loop
+WORKER_MIN_LINES = 256
+OPTOUT_HEADER = {"true": "OPTOUT", "false": "OPTIN"}
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """What the checks need to know of the token that sent the batch."""
+
+    account_id: str
+    user_id: str
+    region: str | None  # the account's Region (None: the account is gone)
+    opt_out_header: str  # the x-amzn-codewhisperer-optout header, "" when absent
+    max_line_bytes: int
+
+
+@dataclass(slots=True)
+class Checked:
+    """A batch's lines, checked: the accepted ones (their indexes, in order, and per line the
+    fields a landing record keeps) and the refused ones (index, status, error body)."""
+
+    accepted: list[int] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)
+    client_tokens: list[str | None] = field(default_factory=list)
+    opt_outs: list[str | None] = field(default_factory=list)
+    client_ts: list[float | None] = field(default_factory=list)
+    ides: list[str | None] = field(default_factory=list)
+    refused: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
+
+
+def check(request: events.TelemetryRequest, account_id: str, user_id: str,
+          region: str | None, opt_out_header: str) -> str | None:
+    """Refuse an event that is not the token's user's (its profileArn's account and Region:
+    ``region``, None when the account is gone; its Kiro userId); its optOutPreference, from
+    the header when the body has none."""
+    if request.profile_arn is not None:
+        arn_region, arn_account = events.parse_profile_arn(request.profile_arn)
+        if arn_account != account_id or region is None or arn_region != region:
+            raise AccessDeniedError(
+                f"profileArn {request.profile_arn} is not a profile of this token's account"
+            )
+    if request.user_id is not None and request.user_id != user_id:
+        raise AccessDeniedError(
+            f"telemetryEvent.{request.member}.userId is not the user of this token; "
+            "a user can only send telemetry as themself"
+        )
+    if request.opt_out is not None:
+        return request.opt_out
+    return OPTOUT_HEADER.get(opt_out_header.lower())
+
+
+def check_lines(lines: list[bytes], token: Token) -> Checked:
+    """Check every line like a single event (its size limit too)."""
+    out = Checked()
+    limit = token.max_line_bytes
+    parse = events.parse_request
+    for i, line in enumerate(lines):
+        try:
+            if len(line) > limit:
+                raise ValidationError(
+                    f"line {i + 1} is {len(line)} bytes; a line holds one event, at most "
+                    f"{limit} bytes like a single request",
+                    reason="CONTENT_LENGTH_EXCEEDS_THRESHOLD")
+            request = parse(line)
+            opt_out = check(request, token.account_id, token.user_id, token.region,
+                            token.opt_out_header)
+        except ApiError as exc:
+            out.refused.append((i, exc.status, exc.body()))
+            continue
+        out.accepted.append(i)
+        out.members.append(request.member)
+        out.client_tokens.append(request.client_token)
+        out.opt_outs.append(opt_out)
+        out.client_ts.append(request.client_timestamp)
+        out.ides.append(request.ide_category)
+    return out
+
+
+def _worker_start() -> None:
+    # Ctrl-C reaches the whole process group: the service stops its workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class Checker:
+    """Checks batches on the loop or in worker processes (started at the first large batch)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        #: batches checked in a worker (the rest: on the loop)
+        self.in_workers = 0
+
+    async def check(self, lines: list[bytes], token: Token) -> Checked:
+        if self.workers <= 0 or len(lines) < WORKER_MIN_LINES:
+            return check_lines(lines, token)
+        loop = asyncio.get_running_loop()
+        try:
+            if self._pool is None:
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    self.workers, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_worker_start)
+            checked = await loop.run_in_executor(self._pool, check_lines, lines, token)
+        except (BrokenProcessPool, OSError) as exc:  # died, or could not be started
+            log.error("a batch checker process failed (%s); checking this batch here and "
+                      "starting another for the next", exc or type(exc).__name__)
+            self.close(wait=False)
+            return check_lines(lines, token)
+        self.in_workers += 1
+        return checked
+
+    def close(self, wait: bool = True) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool = None

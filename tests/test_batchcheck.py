@@ -1,0 +1,75 @@
+"""The checks of a bulk request's lines (:mod:`kiro_activity.batchcheck`): the same on the
+event loop and in a worker process, and a worker that dies costs nothing but time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+
+import orjson
+
+from kiro_activity import batchcheck
+from kiro_activity.batchcheck import Checker, Token, check_lines
+from kiro_activity.simulate import WEIGHTS, request_body
+
+TOKEN = Token("111122223333", "alice", "us-east-1", "true", 4096)
+OURS = "arn:aws:codewhisperer:us-east-1:111122223333:profile/ABCDEFGHIJKL"
+THEIRS = "arn:aws:codewhisperer:us-east-1:999999999999:profile/ABCDEFGHIJKL"
+
+
+def lines(n: int, seed: int = 1) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        body = request_body(rng.choice(list(WEIGHTS)), rng, user_id="alice")
+        if i % 7 == 3:
+            body.pop("optOutPreference")  # the header's value then
+        if i % 11 == 5:
+            body["profileArn"] = OURS
+        if i % 13 == 6:
+            body["profileArn"] = THEIRS
+        out.append(orjson.dumps(body))
+    return [*out, b"[]", b'{"telemetryEvent": {}}', b"{" + b" " * 5000 + b"}"]
+
+
+def test_a_worker_checks_exactly_as_the_loop_does() -> None:
+    batch = lines(batchcheck.WORKER_MIN_LINES + 50)
+    here = check_lines(batch, TOKEN)
+    assert {status for _, status, _ in here.refused} == {400, 403}
+    assert here.accepted and {"OPTIN", "OPTOUT"} <= set(here.opt_outs)
+    checker = Checker(1)
+    try:
+        there = asyncio.run(checker.check(batch, TOKEN))
+        assert checker.in_workers == 1
+    finally:
+        checker.close()
+    assert there == here
+
+
+def test_a_small_batch_stays_on_the_loop_and_no_worker_starts() -> None:
+    checker = Checker(1)
+    batch = lines(10)
+    assert asyncio.run(checker.check(batch, TOKEN)) == check_lines(batch, TOKEN)
+    assert (checker.in_workers, checker._pool) == (0, None)
+
+
+def test_a_killed_worker_costs_its_batch_time_not_its_result() -> None:
+    batch = lines(batchcheck.WORKER_MIN_LINES)
+    checker = Checker(1)
+
+    async def main() -> None:
+        assert await checker.check(batch, TOKEN) == check_lines(batch, TOKEN)
+        assert checker._pool is not None
+        for pid in list(checker._pool._processes):  # the worker dies (OOM killer, kill -9)
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        assert await checker.check(batch, TOKEN) == check_lines(batch, TOKEN)  # on the loop
+        assert await checker.check(batch, TOKEN) == check_lines(batch, TOKEN)  # a new worker
+
+    try:
+        asyncio.run(main())
+    finally:
+        checker.close()
+    assert checker.in_workers == 2
