@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pyarrow.parquet as pq
 
-from kiro_activity import archive, events, landing, logrows
+from kiro_activity import archive, counters, events, landing, logrows
 from kiro_activity.aggregate import counted_day, read_day, rebuild_day
 from kiro_activity.landing import BatchRecord, LandingLog, LandingRecord, read_events
 from kiro_activity.simulate import WEIGHTS, request_body
@@ -39,8 +39,15 @@ def singles(lines: list[bytes], user: str = "alice") -> list[LandingRecord]:
     return out
 
 
-def batch(lines: list[bytes], user: str = "alice") -> BatchRecord:
+def batch(lines: list[bytes], user: str = "alice", counted: bool = False) -> BatchRecord:
+    """The batch record of ``lines``; ``counted``: with its counts worked out (as the batch
+    checker does), else the writer works them out from the lines."""
     b = BatchRecord(ACCOUNT, user, "batch", [], [], [], [], [], [])
+    if counted:
+        counter = counters.BatchCounter()
+        for r in map(events.parse_request, lines):
+            counter.add(r.member, r.event, r.ide_category)
+        b.counts = counter.counts()
     for r, line in zip(singles(lines, user), lines, strict=True):
         b.lines.append(line)
         b.members.append(r.member)
@@ -82,8 +89,12 @@ def test_a_batch_row_reads_back_as_the_events_one_row_each_gives(tmp_path: Path)
     second += first[:5]  # retries of the first request: stored once
     extra = bodies(3, 3, "bob")
     one, many = tmp_path / "singles" / "landing.db", tmp_path / "batches" / "landing.db"
+    counted = tmp_path / "counted" / "landing.db"
     store(one, [singles(first), singles(extra, "bob"), singles(second)])
     store(many, [[batch(first)], [batch(extra, "bob")], [batch(second)]])
+    store(counted, [[batch(first, counted=True)], [batch(extra, "bob", counted=True)],
+                    [batch(second, counted=True)]])  # the repeats: the writer counts again
+    assert tables(counted) == tables(one)
     total = 203 + sum(b"clientToken" not in line for line in first[:5])  # retried, no token
     assert rows_in(many) == 3 < rows_in(one) == total
     assert read_events(many) == read_events(one)  # seqs, bodies, tokens, keys: all of them

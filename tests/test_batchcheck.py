@@ -10,7 +10,7 @@ import signal
 
 import orjson
 
-from kiro_activity import batchcheck
+from kiro_activity import batchcheck, counters
 from kiro_activity.batchcheck import Checker, Token, check_lines
 from kiro_activity.simulate import WEIGHTS, request_body
 
@@ -46,6 +46,9 @@ def test_a_worker_checks_exactly_as_the_loop_does() -> None:
     finally:
         checker.close()
     assert there == here
+    accepted = [batch[i] for i in here.accepted]  # summed as the writer sums stored lines
+    assert here.counts == counters.lines_counts(here.members, here.ides, accepted)
+    assert sum(cell[counters.EVENTS] for cell in here.counts[0].values()) == len(accepted)
 
 
 def test_a_small_batch_stays_on_the_loop_and_no_worker_starts() -> None:

@@ -26,7 +26,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import events
+from . import counters, events
+from .counters import BatchCounts
 from .errors import AccessDeniedError, ApiError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class Checked:
     client_ts: list[float | None] = field(default_factory=list)
     ides: list[str | None] = field(default_factory=list)
     refused: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
+    #: what the accepted lines add to the counters (:class:`.counters.BatchCounter`)
+    counts: BatchCounts = field(default_factory=lambda: ({}, []))
 
 
 def check(request: events.TelemetryRequest, account_id: str, user_id: str,
@@ -87,6 +90,7 @@ def check_lines(lines: list[bytes], token: Token) -> Checked:
     out = Checked()
     limit = token.max_line_bytes
     parse = events.parse_request
+    counter = counters.BatchCounter()
     for i, line in enumerate(lines):
         try:
             if len(line) > limit:
@@ -106,6 +110,8 @@ def check_lines(lines: list[bytes], token: Token) -> Checked:
         out.opt_outs.append(opt_out)
         out.client_ts.append(request.client_timestamp)
         out.ides.append(request.ide_category)
+        counter.add(request.member, request.event, request.ide_category)
+    out.counts = counter.counts()
     return out
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -143,21 +143,12 @@ class GroupCounts:
         if interaction is not None:
             self.interactions.setdefault((*key, interaction[0], interaction[1]), dim)
 
-    def add_batch(self, key: Key, members: Sequence[str], ides: Sequence[str | None],
-                  lines: Sequence[bytes]) -> None:
-        """Add the events of one batch row (one user-day): the same amounts as :meth:`add` of
-        each line's :func:`amounts_of`, summed per (IDE, language) first."""
-        per_dim: dict[Dim, list[int]] = {}
-        for member, ide, line in zip(members, ides, lines, strict=True):
-            amounts, interaction, dim = amounts_of(member, line, ide)
-            dcell = per_dim.get(dim)
-            if dcell is None:
-                dcell = per_dim[dim] = [0] * NX
-            for index, amount in amounts:
-                dcell[index] += amount
-            dcell[EVENTS] += 1
-            if interaction is not None:
-                self.interactions.setdefault((*key, interaction[0], interaction[1]), dim)
+    def add_batch(self, key: Key, counts: BatchCounts) -> None:
+        """Add the events of one batch row (one user-day), as :class:`BatchCounter` sums them:
+        the same amounts as :meth:`add` of each event."""
+        per_dim, interactions = counts
+        for conversation, message, dim in interactions:
+            self.interactions.setdefault((*key, conversation, message), dim)
         cell = self.cells.get(key)
         if cell is None:
             cell = self.cells[key] = [0] * NX
@@ -165,7 +156,7 @@ class GroupCounts:
             dkey = (key[0], key[1], *dim)
             have = self.dims.get(dkey)
             if have is None:
-                self.dims[dkey] = dcell
+                self.dims[dkey] = list(dcell)
             else:
                 have[:] = map(operator.add, have, dcell)
             cell[:] = map(operator.add, cell, dcell)
@@ -189,18 +180,66 @@ def _merge(mine: dict[K, list[int]], theirs: dict[K, list[int]]) -> None:
             have[:] = map(operator.add, have, cell)
 
 
+def event_of(member: str, body: bytes) -> dict[str, Any] | None:
+    """The member object of a stored event's raw body (None: cannot happen for a stored
+    event; it is then counted as active, with no amounts)."""
+    try:
+        event: Any = orjson.loads(body)["telemetryEvent"][member]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return event if isinstance(event, dict) else None
+
+
 def amounts_of(member: str, body: bytes, ide_category: str | None,
                ) -> tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None, Dim]:
     """The amounts of a stored event, from its raw body (recovery and readers), and the
     dimensions it is counted under. Not validated again: an event stored under older limits
     counts as the rebuild counts it (clamped)."""
-    try:
-        event: Any = orjson.loads(body)["telemetryEvent"][member]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        event = None
-    if not isinstance(event, dict):  # cannot happen for a stored event; count it as active
+    return event_amounts(member, event_of(member, body), ide_category)
+
+
+def event_amounts(member: str, event: Mapping[str, Any] | None, ide_category: str | None,
+                  ) -> tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None, Dim]:
+    if event is None:
         return (), None, (breakdown.ide_of(ide_category), breakdown.NONE)
     return (*deltas(member, event, ide_category), breakdown.dim_of(event, ide_category))
+
+
+#: what a batch of one user's events adds, before its day is known: per (IDE, language) the
+#: amounts (the cells of :class:`GroupCounts`, events included), and its interactions in order
+BatchCounts = tuple[dict[Dim, list[int]], list[tuple[str | None, str | None, Dim]]]
+
+
+class BatchCounter:
+    """Sums :data:`BatchCounts` event by event (as each is parsed: nothing is kept of the
+    events themselves, so a batch of any size holds no more than its few cells)."""
+
+    def __init__(self) -> None:
+        self.per_dim: dict[Dim, list[int]] = {}
+        self.interactions: list[tuple[str | None, str | None, Dim]] = []
+
+    def add(self, member: str, event: Mapping[str, Any] | None, ide: str | None) -> None:
+        amounts, interaction, dim = event_amounts(member, event, ide)
+        dcell = self.per_dim.get(dim)
+        if dcell is None:
+            dcell = self.per_dim[dim] = [0] * NX
+        for index, amount in amounts:
+            dcell[index] += amount
+        dcell[EVENTS] += 1
+        if interaction is not None:
+            self.interactions.append((interaction[0], interaction[1], dim))
+
+    def counts(self) -> BatchCounts:
+        return self.per_dim, self.interactions
+
+
+def lines_counts(members: Sequence[str], ides: Sequence[str | None],
+                 lines: Sequence[bytes]) -> BatchCounts:
+    """The :data:`BatchCounts` of a batch's stored lines."""
+    counter = BatchCounter()
+    for member, ide, line in zip(members, ides, lines, strict=True):
+        counter.add(member, event_of(member, line), ide)
+    return counter.counts()
 
 
 def saturated(cell: list[int]) -> list[int]:

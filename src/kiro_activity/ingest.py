@@ -198,7 +198,7 @@ class IngestApp:
         batch = BatchRecord(principal.account_id, principal.principal, "batch",
                             [lines[i] for i in checked.accepted], checked.members,
                             checked.client_tokens, checked.opt_outs, checked.client_ts,
-                            checked.ides)
+                            checked.ides, checked.counts)
         results: list[dict[str, Any]] = [{"line": number, "status": 200}
                                          for number in range(1, granted + 1)]
         for i, status, body_ in checked.refused:

@@ -61,7 +61,7 @@ from typing import Any
 
 from . import breakdown, counters, store
 from .breakdown import Dim
-from .counters import GroupCounts
+from .counters import BatchCounts, GroupCounts
 from .dedupe import DAY_US, DedupeIndex, dedupe_key, dedupe_keys
 from .errors import StoreUnavailableError
 from .logrows import COLUMNS, decode_index, dedupe_rows, encode_index, pack, scan
@@ -132,6 +132,9 @@ class BatchRecord:
     opt_outs: list[str | None]
     client_ts: list[float | None]
     ides: list[str | None]
+    #: what its lines add to the counters, worked out where they were checked (None: by the
+    #: writer, from the lines)
+    counts: BatchCounts | None = None
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -146,7 +149,7 @@ def _events(records: Sequence[Record]) -> int:
 
 #: per row, what it adds to its user-day's counters: (amounts, interaction), or None when they
 #: are to be worked out from the stored body
-Extra = tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None, Dim] | None
+Extra = tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None, Dim] | BatchCounts | None
 
 
 @dataclass(slots=True)
@@ -191,21 +194,24 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 def counts_of(rows: Sequence[tuple[object, ...]], extra: Sequence[Extra]) -> GroupCounts:
-    """What a group's rows add to the per-user-day counters (a batch row's: worked out from
-    its lines in one pass)."""
+    """What a group's rows add to the per-user-day counters (a batch row's as its checker
+    summed it, or from its lines when that was not done)."""
     totals = GroupCounts()
     for row, more in zip(rows, extra, strict=True):
         received_us, account_id, user_id, member = row[0], row[1], row[2], row[3]
         if len(row) == _BATCH_ROW:  # as the log prepared it: lines joined, index not packed
-            members, _, _, _, _, ides = decode_index(row[12])  # type: ignore[arg-type]
+            batch = more
+            if batch is None:  # not worked out by the checker (some lines were repeats)
+                members, _, _, _, _, ides = decode_index(row[12])  # type: ignore[arg-type]
+                batch = counters.lines_counts(members, ides, row[10].split(b"\n"))  # type: ignore[attr-defined]
             totals.add_batch((str(account_id), int(received_us) // DAY_US,  # type: ignore[call-overload]
-                              str(user_id)), members, ides, row[10].split(b"\n"))  # type: ignore[attr-defined]
+                              str(user_id)), batch)  # type: ignore[arg-type]
             continue
         if more is None:
             amounts, interaction, dim = counters.amounts_of(
                 str(member), row[10], row[8])  # type: ignore[arg-type]
         else:
-            amounts, interaction, dim = more
+            amounts, interaction, dim = more  # type: ignore[misc]
         totals.add((str(account_id), int(received_us) // DAY_US,  # type: ignore[call-overload]
                     str(user_id)), amounts, interaction, dim)
     return totals
@@ -612,7 +618,8 @@ class LandingLog:
             kept = chosen
         if not kept:
             return 0
-        if len(kept) == len(b.lines):
+        every_kept = len(kept) == len(b.lines)
+        if every_kept:
             cols: list[list[Any]] = [b.members, b.client_tokens, dkeys, b.opt_outs, b.client_ts,
                                      b.ides]
             lines = b.lines
@@ -626,7 +633,7 @@ class LandingLog:
         else:  # the writer packs the lines and the index (zstd) on its own core
             rows.append((received_us, b.account_id, b.user_id, "", None, None, None, None, None,
                          b.protocol, b"\n".join(lines), len(kept), encode_index(cols)))
-        extra.append(None)
+        extra.append(b.counts if every_kept and len(kept) > 1 else None)
         return len(kept)
 
     def _settle(self, prepared: _Prepared, last_seq: int) -> None:
