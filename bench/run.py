@@ -28,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-from kiro_activity import landing, store
+from kiro_activity import landing, logrows, store
 from kiro_activity.config import Config
 from kiro_activity.demo import free_port, start_server
 from kiro_activity.simulate import request_body
@@ -93,7 +93,9 @@ def single(work: Path, seconds: int, rounds: int) -> None:
         hello.terminate()
         ours.terminate()
         ours.wait(30)
-    stored = len(landing.read_events(config.landing_db))
+    conn = landing.connect(config.landing_db)
+    stored = logrows.count(conn)
+    conn.close()
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("rps", "p50", "p99")}
            for k, v in results.items()}
     print("\n== single-event requests, wrk -t2 -c16, keep-alive ==")
@@ -106,7 +108,8 @@ def single(work: Path, seconds: int, rounds: int) -> None:
     print(f"events stored durably during the run: {stored}")
 
 
-def bulk(work: Path, events: int, batch: int = 10_000) -> None:
+def bulk(work: Path, events: int, batch: int = 10_000, quiet: bool = False) -> float:
+    """Import ``events`` events; the rate (events/s) until all are durably stored."""
     config, tokens = prepare(work / "bulk", 1)
     rng = random.Random(2)
     lines = [orjson.dumps(request_body("userTriggerDecisionEvent", rng, ts=1764547200.0))
@@ -139,10 +142,16 @@ def bulk(work: Path, events: int, batch: int = 10_000) -> None:
     finally:
         server.terminate()
         server.wait(60)
-    counted = len(landing.read_events(config.landing_db))
-    print("\n== bulk import, NDJSON batches of 10,000, 2 connections ==")
-    print(f"{stored} events stored in {elapsed:.2f} s: {stored / elapsed:,.0f} events/s "
-          f"(target >= 100,000); {counted} in the landing log")
+    conn = landing.connect(config.landing_db)
+    counted = logrows.count(conn)
+    conn.close()
+    if counted != events:
+        raise SystemExit(f"{events} events sent, {counted} in the landing log")
+    if not quiet:
+        print("\n== bulk import, NDJSON batches of 10,000, 2 connections ==")
+        print(f"{stored} events stored in {elapsed:.2f} s: {stored / elapsed:,.0f} events/s "
+              f"(target >= 100,000); {counted} in the landing log")
+    return stored / elapsed
 
 
 def main() -> None:
