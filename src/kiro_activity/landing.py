@@ -503,11 +503,11 @@ class LandingLog:
         if group is None or ticket != group.ticket:
             return
         if error is not None:
-            self._finish(loop, group, self._failed(group.prepared, error))
+            self._finish(loop, group, self._failed(group.prepared, error), answered=True)
             return
         self._last_seq = last_seq
         self._settle(group.prepared, last_seq)
-        self._finish(loop, group, None)
+        self._finish(loop, group, None, answered=True)
 
     def _writer_lost(self, loop: asyncio.AbstractEventLoop) -> None:
         """The writer process died. The group it had is stored if its rows are visible (a
@@ -539,10 +539,17 @@ class LandingLog:
         return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
 
     def _finish(self, loop: asyncio.AbstractEventLoop, group: _Group,
-                error: Exception | None) -> None:
-        """Answer the group's waiters, then take the next group."""
+                error: Exception | None, *, answered: bool = False) -> None:
+        """Answer the group's waiters and take the next group. After the writer's answer
+        (``answered``) the next group goes to the writer first: it commits while this one's
+        answers are written to their sockets, instead of after."""
         self._group = None
         group.done.set_result(None)
+        if answered:
+            if self._pending:
+                self._flush(loop)
+            else:
+                self._busy = False
         for (_, fut), count in zip(group.waiters, group.prepared.counts, strict=True):
             if fut.done():  # the client went away; the event is stored anyway
                 continue
@@ -550,7 +557,8 @@ class LandingLog:
                 fut.set_result(count)
             else:
                 fut.set_exception(error)
-        self._next(loop)
+        if not answered:
+            self._next(loop)
 
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._pending:  # on the next turn of the loop: what arrives meanwhile joins it
