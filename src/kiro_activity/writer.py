@@ -30,7 +30,7 @@ from typing import Any
 from . import counters, landing
 
 log = logging.getLogger("kiro_activity.writer")
-COUNTERS_EVERY = 0.05  # seconds between writes of the counters
+COUNTERS_EVERY = 1.0  # seconds between writes of the counters
 
 
 def frames(sock: socket.socket, buffer: bytearray) -> list[Any] | None:
