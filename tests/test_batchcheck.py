@@ -41,7 +41,7 @@ def test_a_worker_checks_exactly_as_the_loop_does() -> None:
     assert here.accepted and {"OPTIN", "OPTOUT"} <= set(here.opt_outs)
     checker = Checker(1)
     try:
-        there = asyncio.run(checker.check(batch, TOKEN))
+        there = asyncio.run(checker.check(b"\n\n".join(batch), batch, TOKEN))
         assert checker.in_workers == 1
     finally:
         checker.close()
@@ -54,22 +54,24 @@ def test_a_worker_checks_exactly_as_the_loop_does() -> None:
 def test_a_small_batch_stays_on_the_loop_and_no_worker_starts() -> None:
     checker = Checker(1)
     batch = lines(10)
-    assert asyncio.run(checker.check(batch, TOKEN)) == check_lines(batch, TOKEN)
+    expected = check_lines(batch, TOKEN)
+    assert asyncio.run(checker.check(b"\n\n".join(batch), batch, TOKEN)) == expected
     assert (checker.in_workers, checker._pool) == (0, None)
 
 
 def test_a_killed_worker_costs_its_batch_time_not_its_result() -> None:
     batch = lines(batchcheck.WORKER_MIN_LINES)
+    body, expected = b"\n \n".join(batch) + b"\n", check_lines(batch, TOKEN)
     checker = Checker(1)
 
     async def main() -> None:
-        assert await checker.check(batch, TOKEN) == check_lines(batch, TOKEN)
+        assert await checker.check(body, batch, TOKEN) == expected
         assert checker._pool is not None
         for pid in list(checker._pool._processes):  # the worker dies (OOM killer, kill -9)
             os.kill(pid, signal.SIGKILL)
         await asyncio.sleep(0.5)
-        assert await checker.check(batch, TOKEN) == check_lines(batch, TOKEN)  # on the loop
-        assert await checker.check(batch, TOKEN) == check_lines(batch, TOKEN)  # a new worker
+        assert await checker.check(body, batch, TOKEN) == expected  # on the loop
+        assert await checker.check(body, batch, TOKEN) == expected  # in a new worker
 
     try:
         asyncio.run(main())

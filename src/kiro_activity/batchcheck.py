@@ -85,6 +85,17 @@ def check(request: events.TelemetryRequest, account_id: str, user_id: str,
     return OPTOUT_HEADER.get(opt_out_header.lower())
 
 
+def split_lines(body: bytes) -> list[bytes]:
+    """The lines of a bulk call's NDJSON body (blank ones are not lines)."""
+    return [line for line in body.split(b"\n") if line.strip()]
+
+
+def check_body(body: bytes, granted: int, token: Token) -> Checked:
+    """:func:`check_lines` of the first ``granted`` lines of ``body`` (in a worker: one
+    bytes object crosses to it, not a list of thousands)."""
+    return check_lines(split_lines(body)[:granted], token)
+
+
 def check_lines(lines: list[bytes], token: Token) -> Checked:
     """Check every line like a single event (its size limit too)."""
     out = Checked()
@@ -129,7 +140,8 @@ class Checker:
         #: batches checked in a worker (the rest: on the loop)
         self.in_workers = 0
 
-    async def check(self, lines: list[bytes], token: Token) -> Checked:
+    async def check(self, body: bytes, lines: list[bytes], token: Token) -> Checked:
+        """Check ``lines``, the first lines of ``body`` (:func:`split_lines`)."""
         if self.workers <= 0 or len(lines) < WORKER_MIN_LINES:
             return check_lines(lines, token)
         loop = asyncio.get_running_loop()
@@ -138,7 +150,8 @@ class Checker:
                 self._pool = concurrent.futures.ProcessPoolExecutor(
                     self.workers, mp_context=multiprocessing.get_context("spawn"),
                     initializer=_worker_start)
-            checked = await loop.run_in_executor(self._pool, check_lines, lines, token)
+            checked = await loop.run_in_executor(self._pool, check_body, body, len(lines),
+                                                 token)
         except (BrokenProcessPool, OSError) as exc:  # died, or could not be started
             log.error("a batch checker process failed (%s); checking this batch here and "
                       "starting another for the next", exc or type(exc).__name__)

@@ -180,7 +180,7 @@ class IngestApp:
         principal = self._admit(headers, events=0)
         _check_content_type(headers, "application/x-ndjson", "application/json")
         body = await read_body(receive, headers, self.config.max_batch_bytes)
-        lines = [line for line in body.split(b"\n") if line.strip()]
+        lines = batchcheck.split_lines(body)
         if len(lines) > self.config.max_batch_lines:
             raise ValidationError(
                 f"{len(lines)} lines in one batch; at most {self.config.max_batch_lines} allowed",
@@ -194,7 +194,7 @@ class IngestApp:
                                  account.region if account is not None else None,
                                  headers.get("x-amzn-codewhisperer-optout", ""),
                                  self.config.max_body_bytes)
-        checked = await self.checker.check(lines[:granted], token)
+        checked = await self.checker.check(body, lines[:granted], token)
         batch = BatchRecord(principal.account_id, principal.principal, "batch",
                             [lines[i] for i in checked.accepted], checked.members,
                             checked.client_tokens, checked.opt_outs, checked.client_ts,
