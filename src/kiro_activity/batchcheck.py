@@ -2,12 +2,13 @@
 
 Every line of ``POST /v1/batch/SendTelemetryEvent`` is checked like a single event: its size,
 the JSON and the telemetry rules (:func:`.events.parse_request`), its profileArn against the
-token's account and Region, its Kiro ``userId`` against the token's user. That is about 6 us of
-CPU per line, most of a bulk import's cost on the event loop; the landing writer, on the other
-core, needs far less per line. So a batch of :data:`WORKER_MIN_LINES` lines or more is checked
-in a **worker process** (``batch_workers`` of them, default 1) while the loop goes on serving,
+token's account and Region, its Kiro ``userId`` against the token's user; and what it adds to
+the counters is summed as it is parsed (:class:`.counters.BatchCounter`). That is about 9 us of
+CPU per line, most of a bulk import's cost (the event loop then spends about 4 us a line, the
+landing writer 2: bench/RESULTS.md). So a batch of :data:`WORKER_MIN_LINES` lines or more is checked
+in a **worker process** (``batch_workers`` of them, default 2) while the loop goes on serving,
 and only what the loop needs comes back: per accepted line its index and the fields the landing
-log keeps, per refused line its status and error. Smaller batches are checked on the loop (a
+log keeps, per refused line its status and error, and the batch's counters. Smaller batches are checked on the loop (a
 round trip to the worker costs more than they do).
 
 Both ways run :func:`check_lines`, so they accept and refuse the same lines with the same

@@ -28,8 +28,9 @@ class Config:
     #: most lines in one bulk-import call
     max_batch_lines: int = 100_000
     #: worker processes that check the lines of large bulk-import calls (:mod:`.batchcheck`;
-    #: 0: on the event loop)
-    batch_workers: int = 1
+    #: started at the first such call; 0: on the event loop). Two: with the event loop and
+    #: the landing writer, they keep both cores of a small machine busy (bench/RESULTS.md)
+    batch_workers: int = 2
     #: per-token sustained rate (requests/s) and burst (bucket size)
     rate_per_token: float = 100.0
     burst_per_token: float = 1000.0
