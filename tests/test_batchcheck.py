@@ -51,6 +51,23 @@ def test_a_worker_checks_exactly_as_the_loop_does() -> None:
     assert sum(cell[counters.EVENTS] for cell in here.counts[0].values()) == len(accepted)
 
 
+def test_a_batch_in_parts_across_workers_is_one_batch_checked_whole() -> None:
+    """Three workers, three parts at once: the same lines, errors (their line numbers the
+    batch's), fields and counters as one pass over the whole batch."""
+    batch = lines(batchcheck.WORKER_MIN_LINES * 3 + 7, seed=4)
+    batch.insert(500, b"x" * 5000)  # too long: its message names its line in the batch
+    here = check_lines(batch, TOKEN)
+    checker = Checker(3)
+    try:
+        there = asyncio.run(checker.check(b"\n".join(batch), batch, TOKEN))
+    finally:
+        checker.close()
+    assert there == here
+    assert (501, 400) in {(i + 1, status) for i, status, _ in here.refused}
+    assert any("line 501 is 5000 bytes" in body["message"] for _, _, body in there.refused)
+    assert there.counts[1] and there.counts == here.counts  # interactions in order too
+
+
 def test_a_small_batch_stays_on_the_loop_and_no_worker_starts() -> None:
     checker = Checker(1)
     batch = lines(10)

@@ -5,29 +5,35 @@ the JSON and the telemetry rules (:func:`.events.parse_request`), its profileArn
 token's account and Region, its Kiro ``userId`` against the token's user; and what it adds to
 the counters is summed as it is parsed (:class:`.counters.BatchCounter`). That is about 9 us of
 CPU per line, most of a bulk import's cost (the event loop then spends about 4 us a line, the
-landing writer 2: bench/RESULTS.md). So a batch of :data:`WORKER_MIN_LINES` lines or more is checked
-in a **worker process** (``batch_workers`` of them, default 2) while the loop goes on serving,
-and only what the loop needs comes back: per accepted line its index and the fields the landing
-log keeps, per refused line its status and error, and the batch's counters. Smaller batches are checked on the loop (a
-round trip to the worker costs more than they do).
+landing writer 2: bench/RESULTS.md). So a batch of :data:`WORKER_MIN_LINES` lines or more is
+checked in **worker processes** (``batch_workers`` of them, default 2; a batch of at least
+twice as many lines in one part per worker, at once, so that a single client keeps every core
+busy) while the loop goes on serving. Only what the loop needs comes back: per accepted line
+its index and the fields the landing log keeps, per refused line its status and error, and the
+batch's counters. Smaller batches are checked on the loop (a round trip to a worker costs more
+than they do).
 
 Both ways run :func:`check_lines`, so they accept and refuse the same lines with the same
-errors. A worker that dies (killed, out of memory) costs nothing but time: its batch is checked
-on the loop and a new worker is started for the next one.
+errors (a part's line numbers are the batch's). A worker that dies (killed, out of memory) costs
+nothing but time: its batch is checked on the loop and a new worker is started for the next
+one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
 import multiprocessing
+import operator
 import signal
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import counters, events
+from .breakdown import Dim
 from .counters import BatchCounts
 from .errors import AccessDeniedError, ApiError, ValidationError
 
@@ -91,19 +97,20 @@ def split_lines(body: bytes) -> list[bytes]:
     return [line for line in body.split(b"\n") if line.strip()]
 
 
-def check_body(body: bytes, granted: int, token: Token) -> Checked:
+def check_body(body: bytes, granted: int, token: Token, first: int = 0) -> Checked:
     """:func:`check_lines` of the first ``granted`` lines of ``body`` (in a worker: one
     bytes object crosses to it, not a list of thousands)."""
-    return check_lines(split_lines(body)[:granted], token)
+    return check_lines(split_lines(body)[:granted], token, first)
 
 
-def check_lines(lines: list[bytes], token: Token) -> Checked:
-    """Check every line like a single event (its size limit too)."""
+def check_lines(lines: list[bytes], token: Token, first: int = 0) -> Checked:
+    """Check every line like a single event (its size limit too); ``lines`` are the batch's
+    from its line ``first`` (0-based) on, and the results say so."""
     out = Checked()
     limit = token.max_line_bytes
     parse = events.parse_request
     counter = counters.BatchCounter()
-    for i, line in enumerate(lines):
+    for i, line in enumerate(lines, first):
         try:
             if len(line) > limit:
                 raise ValidationError(
@@ -124,6 +131,26 @@ def check_lines(lines: list[bytes], token: Token) -> Checked:
         out.ides.append(request.ide_category)
         counter.add(request.member, request.event, request.ide_category)
     out.counts = counter.counts()
+    return out
+
+
+def joined(parts: list[Checked]) -> Checked:
+    """One batch's result from the results of its consecutive parts."""
+    out = Checked()
+    per_dim: dict[Dim, list[int]] = {}
+    for part in parts:
+        out.accepted += part.accepted
+        out.members += part.members
+        out.client_tokens += part.client_tokens
+        out.opt_outs += part.opt_outs
+        out.client_ts += part.client_ts
+        out.ides += part.ides
+        out.refused += part.refused
+        for dim, cell in part.counts[0].items():
+            have = per_dim.get(dim)
+            per_dim[dim] = cell if have is None else [*map(operator.add, have, cell)]
+        out.counts[1].extend(part.counts[1])  # in the lines' order: the first one's IDE counts
+    out.counts = (per_dim, out.counts[1])
     return out
 
 
@@ -151,8 +178,16 @@ class Checker:
                 self._pool = concurrent.futures.ProcessPoolExecutor(
                     self.workers, mp_context=multiprocessing.get_context("spawn"),
                     initializer=_worker_start)
-            checked = await loop.run_in_executor(self._pool, check_body, body, len(lines),
-                                                 token)
+            n = len(lines)
+            parts = max(1, min(self.workers, n // WORKER_MIN_LINES))
+            if parts == 1:
+                checked = await loop.run_in_executor(self._pool, check_body, body, n, token)
+            else:  # one part per worker, checked at once: a single client uses every core
+                cuts = [n * k // parts for k in range(parts + 1)]
+                checked = joined(await asyncio.gather(*(
+                    loop.run_in_executor(self._pool, check_body, b"\n".join(lines[a:b]),
+                                         b - a, token, a)
+                    for a, b in itertools.pairwise(cuts))))
         except (BrokenProcessPool, OSError) as exc:  # died, or could not be started
             log.error("a batch checker process failed (%s); checking this batch here and "
                       "starting another for the next", exc or type(exc).__name__)
