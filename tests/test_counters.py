@@ -254,3 +254,23 @@ def test_events_stored_with_huge_amounts_count_as_the_rebuild_counts_them(
     assert conn.execute(f"SELECT typeof(c{FIX_LINES}) FROM user_day").fetchall() == [
         ("integer",), ("integer",)]
     conn.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=12), st.sampled_from(
+    ["python", " Python ", "JAVA", "typescript", "", "  ", "c#", "Klingon"])), max_size=30))
+def test_the_language_of_an_event_is_remembered_not_changed(names: list[str]) -> None:
+    """breakdown.language_of remembers each languageName it has seen: the same answer as
+    folding and looking it up every time, also once the memory is full and starts again."""
+    from kiro_activity import breakdown
+
+    def folded(name: str) -> str:
+        if not name:
+            return breakdown.NONE
+        name = name.strip().lower()
+        return name if name in breakdown.LANGUAGES else breakdown.OTHER
+
+    for name in [*names, *names, *(f"lang{i}" for i in range(5000))][:5100]:
+        event = {"programmingLanguage": {"languageName": name}}
+        assert breakdown.language_of(event) == folded(name)
+    assert len(breakdown._SEEN) <= 4096

@@ -40,8 +40,17 @@ def language_of(event: Mapping[str, Any]) -> str:
     name = lang.get("languageName") if isinstance(lang, dict) else None
     if not isinstance(name, str) or not name:
         return NONE
-    name = name.strip().lower()
-    return name if name in LANGUAGES else OTHER
+    known = _SEEN.get(name)
+    if known is None:
+        if len(_SEEN) >= 4096:  # names are few; a client sending endless new ones is not kept
+            _SEEN.clear()
+        folded = name.strip().lower()
+        known = _SEEN[name] = folded if folded in LANGUAGES else OTHER
+    return known
+
+
+#: languageName as sent -> what it is counted under (a lookup instead of strip, lower, test)
+_SEEN: dict[str, str] = {}
 
 
 def dim_of(event: Mapping[str, Any], ide_category: str | None) -> Dim:
