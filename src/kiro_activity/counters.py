@@ -3,7 +3,7 @@
 For each (account, UTC receipt day, user) the table ``user_day`` holds the 43 counted/summed
 metrics and the number of events; ``interactions`` holds the distinct (conversationId, messageId)
 pairs behind ``Chat_MessagesInteracted``. The landing writer adds each committed group's amounts
-to :class:`Counters` and writes them out every few tens of milliseconds in one transaction that
+to :class:`Counters` and writes them out once a second in one transaction that
 also advances a **watermark**: the highest event ``seq`` whose amounts are in the tables. So the
 ack path stays one statement, and a crash loses nothing: whatever lies past the watermark is
 recomputed from the raw events, on open (:func:`recover`) and by readers (:func:`read_day`).
