@@ -48,13 +48,8 @@ def batch(lines: list[bytes], user: str = "alice", counted: bool = False) -> Bat
         for r in map(events.parse_request, lines):
             counter.add(r.member, r.event, r.ide_category)
         b.counts = counter.counts()
-    for r, line in zip(singles(lines, user), lines, strict=True):
-        b.lines.append(line)
-        b.members.append(r.member)
-        b.client_tokens.append(r.client_token)
-        b.opt_outs.append(r.opt_out)
-        b.client_ts.append(r.client_ts)
-        b.ides.append(r.ide_category)
+    for r in singles(lines, user):
+        b.append(r)
     return b
 
 

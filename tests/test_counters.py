@@ -153,12 +153,7 @@ def as_batches(records: list[LandingRecord], rng: random.Random) -> list[Record]
             b = batches[r.account_id, r.user_id] = BatchRecord(
                 r.account_id, r.user_id, r.protocol, [], [], [], [], [], [])
             out.append(b)
-        b.lines.append(r.body)
-        b.members.append(r.member)
-        b.client_tokens.append(r.client_token)
-        b.opt_outs.append(r.opt_out)
-        b.client_ts.append(r.client_ts)
-        b.ides.append(r.ide_category)
+        b.append(r)
     return out
 
 

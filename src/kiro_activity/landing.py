@@ -139,6 +139,16 @@ class BatchRecord:
     def __len__(self) -> int:
         return len(self.lines)
 
+    def append(self, record: LandingRecord) -> None:
+        """Add one event of the batch's user, as a single event's record holds it (its
+        amounts are worked out by the writer: ``counts`` is left as it is)."""
+        self.lines.append(record.body)
+        self.members.append(record.member)
+        self.client_tokens.append(record.client_token)
+        self.opt_outs.append(record.opt_out)
+        self.client_ts.append(record.client_ts)
+        self.ides.append(record.ide_category)
+
 
 Record = LandingRecord | BatchRecord
 
