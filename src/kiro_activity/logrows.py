@@ -28,7 +28,8 @@ COLUMNS = (
 INDEXED = ("member", "client_token", "dedupe_key", "opt_out", "client_ts", "ide_category")
 #: the columns a batch row's events share
 SHARED = ("received_us", "account_id", "user_id", "protocol")
-#: zstd level 1: ~0.9 us per 650-byte event, 6.4x smaller (bench/RESULTS.md)
+#: zstd level 1: ~1 us per 660-byte event, 6.4x smaller; level -1 takes half the time for 3.8x
+#: (bench/RESULTS.md)
 _ZSTD_LEVEL = 1
 
 encode_index = msgspec.msgpack.Encoder().encode
@@ -113,6 +114,7 @@ def _expand(columns: Sequence[str], row: tuple[Any, ...], k: int, text: bool,
             assert index is not None
             parts.append(index[INDEXED.index(c)])
         else:
+            assert c in SHARED
             parts.append(repeat(row[i], n))
     return zip(*parts, strict=True)
 
