@@ -30,6 +30,7 @@ def test_batch_reports_every_line_and_stores_the_good_ones(server: Server) -> No
         r = client.post(BATCH, content=ndjson(lines) + b"\n\n", headers=NDJSON)
     assert r.status_code == 200, r.text
     out = r.json()
+    assert r.content == orjson.dumps(out)  # compact JSON, keys in order, as orjson writes it
     assert (out["lines"], out["accepted"], out["rejected"]) == (9, 6, 3)
     assert (out["stored"], out["duplicates"]) == (5, 1)
     statuses = [(x["line"], x["status"]) for x in out["results"]]
@@ -150,6 +151,7 @@ def test_a_batch_costs_one_event_per_line(metered: Server) -> None:
         r = client.post(BATCH, content=ndjson(lines), headers=NDJSON)
         assert r.status_code == 200, r.text
         out = r.json()
+        assert r.content == orjson.dumps(out)
         assert (out["lines"], out["accepted"], out["throttled"], out["rejected"]) == (
             30, 20, 10, 10)
         assert [x["status"] for x in out["results"]] == [200] * 20 + [429] * 10
