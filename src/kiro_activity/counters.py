@@ -200,6 +200,7 @@ def amounts_of(member: str, body: bytes, ide_category: str | None,
 
 def event_amounts(member: str, event: Mapping[str, Any] | None, ide_category: str | None,
                   ) -> tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None, Dim]:
+    """:func:`amounts_of` of an event already parsed (its member object, or None)."""
     if event is None:
         return (), None, (breakdown.ide_of(ide_category), breakdown.NONE)
     return (*deltas(member, event, ide_category), breakdown.dim_of(event, ide_category))
