@@ -76,6 +76,78 @@ def test_sigkill_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
         server.stop()
 
 
+def bulk_sender(server: Server, user: str, acked: list[str], stop: threading.Event) -> None:
+    """Send bulk calls of 300 lines (checked in the batch checkers, stored as one row each)
+    until the server dies or ``stop`` is set; remember every clientToken of an answered call."""
+    rng = random.Random(user)
+    with server.client(user) as client:
+        while not stop.is_set():
+            bodies = [request_body("chatAddMessageEvent", rng, user_id=user) for _ in range(300)]
+            try:
+                r = client.post("/v1/batch/SendTelemetryEvent",
+                                content=b"\n".join(map(orjson.dumps, bodies)),
+                                headers={"Content-Type": "application/x-ndjson"})
+            except httpx.HTTPError:
+                return
+            if r.status_code == 200:
+                assert r.json()["stored"] == 300
+                acked.extend(b["clientToken"] for b in bodies)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().split()[3]) == pid:
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_sigkill_during_bulk_calls_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    """The same for bulk calls: each answered call's events are all stored, once, after a
+    SIGKILL in the middle of the traffic, and the killed server's checkers end with it."""
+    server = make_server(tmp_path / "data")
+    try:
+        acked: list[str] = []
+        stop = threading.Event()
+        users = [f"bulk{i}" for i in range(3)]
+        for user in users:
+            server.token(user)
+        threads = [threading.Thread(target=bulk_sender, args=(server, u, acked, stop))
+                   for u in users]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while len(acked) < 6000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.proc is not None
+        helpers = children(server.proc.pid)  # the writer and the batch checkers
+        server.kill()
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert len(acked) >= 6000
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text()
+                  .split()[2] != "Z" for pid in helpers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [pid for pid in helpers if Path(f"/proc/{pid}").exists()
+                and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+        assert left == [], "processes of the killed server still run"
+        server.start()
+        rows = landing.read_events(server.config.landing_db)
+        tokens = {r["client_token"] for r in rows}
+        missing = [t for t in acked if t not in tokens]
+        assert missing == [], f"{len(missing)} acknowledged events lost"
+        assert len(rows) == len(tokens)  # each stored once
+        print(f"sigkill-bulk: acked={len(acked)} stored={len(rows)} acked_missing={len(missing)}"
+              f" stored_twice={len(rows) - len(tokens)} helpers_left={len(left)}")
+    finally:
+        server.stop()
+
+
 def processes_of(data_dir: Path) -> list[str]:
     """Command lines of the live processes that name the data folder (the server, its writer)."""
     found = []

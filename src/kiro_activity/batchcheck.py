@@ -27,7 +27,10 @@ import itertools
 import logging
 import multiprocessing
 import operator
+import os
 import signal
+import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,9 +157,18 @@ def joined(parts: list[Checked]) -> Checked:
     return out
 
 
-def _worker_start() -> None:
+def _worker_start(parent: int) -> None:
     # Ctrl-C reaches the whole process group: the service stops its workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_end_with, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _end_with(parent: int) -> None:
+    """End this worker once the service that started it is gone (killed: nothing else tells
+    a pool's worker, whose queues it holds both ends of)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
 
 
 class Checker:
@@ -177,7 +189,7 @@ class Checker:
             if self._pool is None:
                 self._pool = concurrent.futures.ProcessPoolExecutor(
                     self.workers, mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_worker_start)
+                    initializer=_worker_start, initargs=(os.getpid(),))
             n = len(lines)
             parts = max(1, min(self.workers, n // WORKER_MIN_LINES))
             if parts == 1:
