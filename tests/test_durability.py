@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -39,25 +39,38 @@ def sender(server: Server, user: str, acked: list[str], stop: threading.Event) -
                 acked.append(body["clientToken"])
 
 
+Sender = Callable[[Server, str, list[str], threading.Event], None]
+
+
+def kill_under_load(server: Server, send: Sender, users: list[str], want: int,
+                    seconds: float) -> tuple[list[str], list[int]]:
+    """Run ``send`` for each user until ``want`` events are acknowledged, then SIGKILL the
+    server while they still send: the acknowledged clientTokens, and the pids of the server's
+    child processes just before the kill."""
+    acked: list[str] = []
+    stop = threading.Event()
+    for user in users:
+        server.token(user)
+    threads = [threading.Thread(target=send, args=(server, u, acked, stop)) for u in users]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + seconds
+    while len(acked) < want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.proc is not None
+    helpers = children(server.proc.pid)
+    server.kill()  # SIGKILL while the clients are still sending
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert len(acked) >= want
+    return acked, helpers
+
+
 def test_sigkill_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
     server = make_server(tmp_path / "data")
     try:
-        acked: list[str] = []
-        stop = threading.Event()
-        users = [f"user{i}" for i in range(8)]
-        for user in users:
-            server.token(user)
-        threads = [threading.Thread(target=sender, args=(server, u, acked, stop)) for u in users]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 20
-        while len(acked) < 1500 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        server.kill()  # SIGKILL while the clients are still sending
-        stop.set()
-        for t in threads:
-            t.join(30)
-        assert len(acked) >= 1500
+        acked, _ = kill_under_load(server, sender, [f"user{i}" for i in range(8)], 1500, 20)
         server.start()  # restart on the same data folder
         rows = landing.read_events(server.config.landing_db)
         tokens = {r["client_token"] for r in rows}
@@ -105,36 +118,24 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
 def test_sigkill_during_bulk_calls_loses_no_acknowledged_event(tmp_path: Path) -> None:
     """The same for bulk calls: each answered call's events are all stored, once, after a
     SIGKILL in the middle of the traffic, and the killed server's checkers end with it."""
     server = make_server(tmp_path / "data")
-    try:
-        acked: list[str] = []
-        stop = threading.Event()
-        users = [f"bulk{i}" for i in range(3)]
-        for user in users:
-            server.token(user)
-        threads = [threading.Thread(target=bulk_sender, args=(server, u, acked, stop))
-                   for u in users]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 30
-        while len(acked) < 6000 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.proc is not None
-        helpers = children(server.proc.pid)  # the writer and the batch checkers
-        server.kill()
-        stop.set()
-        for t in threads:
-            t.join(30)
-        assert len(acked) >= 6000
+    try:  # helpers: the writer and the batch checkers
+        acked, helpers = kill_under_load(server, bulk_sender, [f"bulk{i}" for i in range(3)],
+                                         6000, 30)
         deadline = time.monotonic() + 15
-        while any(Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text()
-                  .split()[2] != "Z" for pid in helpers) and time.monotonic() < deadline:
+        while any(map(alive, helpers)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = [pid for pid in helpers if Path(f"/proc/{pid}").exists()
-                and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+        left = [pid for pid in helpers if alive(pid)]
         assert left == [], "processes of the killed server still run"
         server.start()
         rows = landing.read_events(server.config.landing_db)

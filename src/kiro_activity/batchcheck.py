@@ -26,7 +26,6 @@ import concurrent.futures
 import itertools
 import logging
 import multiprocessing
-import operator
 import os
 import signal
 import threading
@@ -36,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import counters, events
-from .breakdown import Dim
 from .counters import BatchCounts
 from .errors import AccessDeniedError, ApiError, ValidationError
 
@@ -140,7 +138,6 @@ def check_lines(lines: list[bytes], token: Token, first: int = 0) -> Checked:
 def joined(parts: list[Checked]) -> Checked:
     """One batch's result from the results of its consecutive parts."""
     out = Checked()
-    per_dim: dict[Dim, list[int]] = {}
     for part in parts:
         out.accepted += part.accepted
         out.members += part.members
@@ -149,11 +146,8 @@ def joined(parts: list[Checked]) -> Checked:
         out.client_ts += part.client_ts
         out.ides += part.ides
         out.refused += part.refused
-        for dim, cell in part.counts[0].items():
-            have = per_dim.get(dim)
-            per_dim[dim] = cell if have is None else [*map(operator.add, have, cell)]
+        counters.merge_cells(out.counts[0], part.counts[0])
         out.counts[1].extend(part.counts[1])  # in the lines' order: the first one's IDE counts
-    out.counts = (per_dim, out.counts[1])
     return out
 
 

@@ -164,14 +164,15 @@ class GroupCounts:
 
     def merge(self, other: GroupCounts) -> None:
         """Add ``other`` in; ``other`` must not be used afterwards (its lists are taken over)."""
-        _merge(self.cells, other.cells)
-        _merge(self.dims, other.dims)
+        merge_cells(self.cells, other.cells)
+        merge_cells(self.dims, other.dims)
         self.present |= other.present
         for pair, dim in other.interactions.items():
             self.interactions.setdefault(pair, dim)
 
 
-def _merge(mine: dict[K, list[int]], theirs: dict[K, list[int]]) -> None:
+def merge_cells(mine: dict[K, list[int]], theirs: dict[K, list[int]]) -> None:
+    """Add ``theirs`` cells into ``mine``, key by key (``theirs`` lists are taken over)."""
     for key, cell in theirs.items():
         have = mine.get(key)
         if have is None:
