@@ -178,6 +178,102 @@ def test_a_group_lost_with_its_writer_is_refused_and_its_retry_stored_once(
     assert tokens == ["warm-up", "lost"]
 
 
+def test_groups_go_to_a_busy_writer_at_once_and_are_answered_each(tmp_path: Path) -> None:
+    """Requests do not wait for the writer to be free: each turn of the loop sends what came,
+    the writer commits all that has arrived together, and every group gets its own answer."""
+    log = LandingLog(tmp_path / "landing.db")
+
+    async def main() -> list[int]:
+        assert await log.append([record("warm-up")]) == 1
+        assert log._writer is not None
+        writer = log._writer.proc
+        os.kill(writer.pid, signal.SIGSTOP)  # busy: it reads nothing for now
+        waiting = []
+        for i in range(3):  # three turns of the loop, three groups
+            waiting.append(asyncio.ensure_future(log.append([record(f"g{i}"), record(None)])))
+            while len(log._groups) < i + 1:
+                await asyncio.sleep(0)
+        assert not any(w.done() for w in waiting)
+        os.kill(writer.pid, signal.SIGCONT)
+        return list(await asyncio.gather(*waiting))
+
+    try:
+        assert asyncio.run(main()) == [2, 2, 2]
+        assert log._last_seq == 7 and not log._groups and not log._inflight
+    finally:
+        log.close()
+    rows = read_events(tmp_path / "landing.db")
+    assert [(r["seq"], r["client_token"]) for r in rows] == [
+        (1, "warm-up"), (2, "g0"), (3, None), (4, "g1"), (5, None), (6, "g2"), (7, None)]
+
+
+def test_a_retry_of_an_event_with_the_writer_waits_for_its_answer(tmp_path: Path) -> None:
+    """A retry that comes while the first try is being committed is neither stored again nor
+    answered before the first is on disk: it waits, then counts as a repeat."""
+    log = LandingLog(tmp_path / "landing.db")
+
+    async def main() -> list[int]:
+        assert await log.append([record("warm-up")]) == 1
+        assert log._writer is not None
+        os.kill(log._writer.proc.pid, signal.SIGSTOP)
+        first = asyncio.ensure_future(log.append([record("x")]))
+        while not log._groups:
+            await asyncio.sleep(0)
+        retry = asyncio.ensure_future(log.append([record("x")]))
+        also = asyncio.ensure_future(log.append([record("y")]))  # not held up by the retry
+        while len(log._groups) < 2:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        assert not first.done() and not retry.done() and len(log._deferred) == 1
+        os.kill(log._writer.proc.pid, signal.SIGCONT)
+        return [await first, await retry, await also]
+
+    try:
+        assert asyncio.run(main()) == [1, 0, 1]
+    finally:
+        log.close()
+    tokens = [r["client_token"] for r in read_events(tmp_path / "landing.db")]
+    assert tokens == ["warm-up", "x", "y"]
+
+
+def test_a_retry_waiting_on_a_lost_group_is_stored_as_new(tmp_path: Path) -> None:
+    """The first try's group is lost with its writer: the first is answered 503, the retry
+    that waited for it is stored (once) and answered 200. The same for a bulk call's line."""
+    log = LandingLog(tmp_path / "landing.db")
+
+    async def main() -> None:
+        assert await log.append([record("warm-up")]) == 1
+        assert log._writer is not None
+        writer = log._writer.proc
+        os.kill(writer.pid, signal.SIGSTOP)
+        first = asyncio.ensure_future(log.append([record("x")]))
+        while not log._groups:
+            await asyncio.sleep(0)
+        second = asyncio.ensure_future(log.append([record("z")]))
+        while len(log._groups) < 2:
+            await asyncio.sleep(0)
+        retry = asyncio.ensure_future(log.append([record("x")]))
+        batch = landing.BatchRecord("111122223333", "u", "test", [], [], [], [], [], [])
+        for token in ("z", "w"):
+            batch.append(record(token))
+        bulk = asyncio.ensure_future(log.append([batch]))
+        await asyncio.sleep(0.05)
+        assert len(log._deferred) == 2 and len(log._groups) == 2
+        writer.kill()
+        for lost in (first, second):
+            with pytest.raises(StoreUnavailableError, match="writer process died"):
+                await asyncio.wait_for(lost, timeout=10)
+        assert await asyncio.wait_for(retry, timeout=10) == 1
+        assert await asyncio.wait_for(bulk, timeout=10) == 2
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.close()
+    tokens = [r["client_token"] for r in read_events(tmp_path / "landing.db")]
+    assert tokens == ["warm-up", "x", "z", "w"]
+
+
 def test_a_writer_that_cannot_start_gives_503_not_a_hang(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = LandingLog(tmp_path / "landing.db")

@@ -1,12 +1,17 @@
 """The landing log: every acknowledged event, durably, exactly once.
 
-Request handlers add their records to the pending group and wait. While one group is being
-committed, the next one gathers; when the commit ends, everything gathered is prepared on the
-event loop (receipt time, dedupe, the rows) and handed to the **writer process**
-(:mod:`.writer`), which inserts it in one SQLite transaction (WAL, ``synchronous=FULL``: one
-fsync for the whole group), adds it to the per-user-day counters, and answers; only then are the
-waiters released. So durability costs one fsync per group of concurrent requests, not one per
-request, and a 200 is never sent for an event not on disk.
+Request handlers add their records to the pending group and wait. On the next turn of the
+event loop everything gathered is prepared (receipt time, dedupe, the rows) and sent as one
+group to the **writer process** (:mod:`.writer`), also while earlier groups are still with it
+(up to ``max_group`` events at a time). The writer inserts all the groups that have arrived
+while it committed the last ones in one SQLite transaction (WAL, ``synchronous=FULL``: one
+fsync for all of them), adds them to the per-user-day counters, and answers each group, in the
+order they were sent; only then are the group's waiters released. So durability costs one fsync
+per batch of concurrent requests, not one per request, the writer starts its next commit as
+soon as one ends (not after a round trip to a busy loop), and a 200 is never sent for an event
+not on disk. A request holding a clientToken that is with the writer in an earlier group (a
+retry sent before the first try was answered) waits for that group's answer: a repeat if it
+was stored, new if it was not.
 
 Why a process: the insert, the fsync and the counters cost the event loop as much CPU as all
 the rest of a request (measured: with the insert done on the loop, skipping it alone gave 1.44x,
@@ -14,9 +19,10 @@ skipping the counters 1.14x), and a writer *thread* must win the GIL back from t
 after every SQLite call. The writer process has its own interpreter and core; the loop only
 pickles the group's rows (a few microseconds each) and reads a short answer.
 
-If the writer process dies, another is started; the group that was in flight is stored if and
-only if its rows are visible in the database (a commit becomes visible only after its fsync),
-and answered accordingly. A lock file (``landing.db.lock``) held by the log and shared with its
+If the writer process dies, another is started; of the groups that were with it, those whose
+rows are visible in the database are stored (a commit becomes visible only after its fsync, and
+groups are committed in the order sent, so the stored ones are the first ones), the others are
+not, and each is answered accordingly. A lock file (``landing.db.lock``) held by the log and shared with its
 writer process keeps one writer per log: a service restarted after being killed waits until
 the old writer, which finishes the group it holds, has exited. Readers that must see every
 acknowledged row of a day (the daily run) wait on :meth:`LandingLog.barrier`.
@@ -157,6 +163,11 @@ def _events(records: Sequence[Record]) -> int:
     return sum(len(r) if type(r) is BatchRecord else 1 for r in records)
 
 
+def events_of_rows(rows: Sequence[tuple[object, ...]]) -> int:
+    """How many events prepared rows hold (a batch row its ``n``)."""
+    return sum(row[11] if len(row) == _BATCH_ROW else 1 for row in rows)  # type: ignore[misc]
+
+
 #: per row, what it adds to its user-day's counters: (amounts, interaction), or None when they
 #: are to be worked out from the stored body
 Extra = tuple[tuple[tuple[int, int], ...], tuple[str | None, ...] | None, Dim] | BatchCounts | None
@@ -171,6 +182,8 @@ class _Prepared:
     counts: list[int]
     keys: set[int]
     day: int
+    #: the requests left out: they hold a key of a group that is with the writer
+    deferred: list[int]
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -363,14 +376,18 @@ class _WriterLink:
 
 
 
+Waiter = tuple[Sequence[Record], asyncio.Future[int]]
+
+
 @dataclass(slots=True)
 class _Group:
     """A group sent to the writer, waiting for its answer."""
 
-    waiters: list[tuple[Sequence[Record], asyncio.Future[int]]]
+    waiters: list[Waiter]
     prepared: _Prepared
     done: asyncio.Future[None]
     ticket: int = 0
+    events: int = 0  # how many events its rows hold
 
 
 class LandingLog:
@@ -393,10 +410,13 @@ class LandingLog:
             log.info("counters brought up to date with %d events past their watermark", recovered)
         self.counters = counters.Counters()  # of append_sync; the writer process keeps its own
         self._lock = threading.Lock()  # one user of self._conn at a time
-        self._inflight: set[int] = set()
-        self._pending: deque[tuple[Sequence[Record], asyncio.Future[int]]] = deque()
-        self._group: _Group | None = None  # with the writer
-        self._busy = False  # a group is with the writer or about to be taken
+        self._inflight: set[int] = set()  # the dedupe keys of the groups with the writer
+        self._pending: deque[Waiter] = deque()
+        self._groups: deque[_Group] = deque()  # with the writer, answered in this order
+        self._in_flight_events = 0
+        #: requests holding a key that is in flight, each with the ticket to wait for
+        self._deferred: list[tuple[int, Waiter]] = []
+        self._scheduled = False  # a flush is due on the next turn of the loop
         self._writer: _WriterLink | None = None
         self._tickets = 0
         self._last_seq = self._max_seq()  # the highest seq known committed
@@ -423,10 +443,15 @@ class LandingLog:
         many were new once they are durable, or the error that kept them from the disk."""
         fut: asyncio.Future[int] = loop.create_future()
         self._pending.append((records, fut))
-        if not self._busy:
-            self._busy = True
+        if not self._scheduled:
+            self._scheduled = True
             loop.call_soon(self._flush, loop)
         return fut
+
+    @property
+    def _group(self) -> _Group | None:
+        """The group sent last, while it is with the writer."""
+        return self._groups[-1] if self._groups else None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the writer process now rather than at the first group (the server's startup)."""
@@ -436,7 +461,7 @@ class LandingLog:
             self._start_writer(loop)
 
     async def barrier(self) -> None:
-        """Wait until the group in flight, if any, is committed (on the loop's thread): every
+        """Wait until the groups in flight, if any, are committed (on the loop's thread): every
         event with a receipt time before now is then on disk; later ones get later times."""
         group = self._group
         if group is not None:
@@ -467,40 +492,62 @@ class LandingLog:
             return fn(self._conn)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Take the pending requests as one group and send it to the writer."""
-        waiters: list[tuple[Sequence[Record], asyncio.Future[int]]] = []
-        size = 0
-        while self._pending and (not waiters
-                                 or size + _events(self._pending[0][0]) <= self.max_group):
-            item = self._pending.popleft()
-            waiters.append(item)
-            size += _events(item[0])
+        """Send the pending requests to the writer as one group, at once even while other
+        groups are with it (it commits what has arrived in one transaction), up to
+        ``max_group`` events with the writer at a time."""
+        self._scheduled = False
+        while self._pending:
+            waiters: list[Waiter] = []
+            size = self._in_flight_events
+            while self._pending and ((not waiters and not self._groups)
+                                     or size + _events(self._pending[0][0]) <= self.max_group):
+                item = self._pending.popleft()
+                waiters.append(item)
+                size += _events(item[0])
+            if not waiters:
+                return  # the writer holds enough: the next answer sends the rest
+            self._send(loop, waiters)
+
+    def _send(self, loop: asyncio.AbstractEventLoop, waiters: list[Waiter]) -> None:
         try:
-            prepared = self._prepare([records for records, _ in waiters])
+            prepared, waiters = self._prepare_waiters(waiters)
         except Exception as exc:  # a bug, not the disk: answer 500 and go on
             log.exception("could not prepare a group")
             for _, fut in waiters:
                 if not fut.done():
                     fut.set_exception(exc)
-            self._next(loop)
             return
         group = _Group(waiters, prepared, loop.create_future())
-        if not prepared.rows:  # nothing new: nothing to write
+        if not prepared.rows:  # nothing new (repeats of stored events): nothing to write
             self._settle(prepared, self._last_seq)
-            self._finish(loop, group, None)
+            self._answer(group, None)
             return
         self._tickets += 1
         group.ticket = self._tickets
-        self._group = group
+        group.events = events_of_rows(prepared.rows)
+        self._groups.append(group)
+        self._in_flight_events += group.events
         try:
             self.start(loop)
             assert self._writer is not None
             self._writer.send((group.ticket, prepared.rows, prepared.extra))
         except Exception as exc:  # no writer could be started (no processes or fds left ...)
             if self._writer is not None and self._writer.proc.poll() is None:
-                self._writer_lost(loop)  # it may have the group: decide from the database
+                self._writer_lost(loop)  # it may have the groups: decide from the database
             else:
-                self._finish(loop, group, self._failed(prepared, exc))
+                self._fail_all(loop, exc)
+
+    def _prepare_waiters(self, waiters: list[Waiter]) -> tuple[_Prepared, list[Waiter]]:
+        """:meth:`_prepare` the waiters' records; a request holding a key that is with the
+        writer in an earlier group waits for that group's answer (a repeat of it if it was
+        stored, new if not) and is left out."""
+        prepared = self._prepare([records for records, _ in waiters])
+        if prepared.deferred:
+            wait_for = self._tickets
+            self._deferred += [(wait_for, waiters[i]) for i in prepared.deferred]
+            left = set(prepared.deferred)
+            waiters = [w for i, w in enumerate(waiters) if i not in left]
+        return prepared, waiters
 
     @staticmethod
     def _stop_writer(writer: _WriterLink, wait: float = 30.0) -> int | None:
@@ -520,25 +567,27 @@ class LandingLog:
 
     def _answered(self, loop: asyncio.AbstractEventLoop, ticket: int, last_seq: int,
                   error: str | None) -> None:
-        group = self._group
-        if group is None or ticket != group.ticket:
+        if not self._groups or ticket != self._groups[0].ticket:
+            log.error("an answer from the landing writer for no group sent (%s)", ticket)
             return
+        group = self._groups.popleft()
+        self._in_flight_events -= group.events
         if error is not None:
-            self._finish(loop, group, self._failed(group.prepared, error), answered=True)
+            self._resolved(loop, group, self._failed(group.prepared, error))
             return
         self._last_seq = last_seq
         self._settle(group.prepared, last_seq)
-        self._finish(loop, group, None, answered=True)
+        self._resolved(loop, group, None)
 
     def _writer_lost(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The writer process died. The group it had is stored if its rows are visible (a
-        commit is visible only once fsync'd), else it failed; a new writer takes over."""
+        """The writer process died. Of the groups it had, those whose rows are visible are
+        stored (a commit is visible only once fsync'd; groups commit in order), the others
+        failed; a new writer takes over."""
         assert self._writer is not None
         code = self._stop_writer(self._writer, wait=5)  # it cannot commit anything after this
         log.error("the landing writer process exited (code %s); starting another", code)
         self._writer = None
-        group = self._group
-        if group is None:
+        if not self._groups:
             return
         newest = None
         for attempt in range(20):
@@ -549,28 +598,51 @@ class LandingLog:
             except sqlite3.Error as exc:
                 log.warning("cannot read the landing log yet (%s); retrying", exc)
                 time.sleep(0.05 * (attempt + 1))
-        if newest is not None and newest > self._last_seq:
-            self._last_seq = newest
-            self._settle(group.prepared, newest)
-            self._finish(loop, group, None)
-        else:
-            self._finish(loop, group, self._failed(group.prepared, "the writer process died"))
+        stored = -1 if newest is None else newest - self._last_seq
+        while self._groups:
+            group = self._groups.popleft()
+            self._in_flight_events -= group.events
+            if 0 <= group.events <= stored:
+                stored -= group.events
+                self._last_seq += group.events
+                self._settle(group.prepared, self._last_seq)
+                self._resolved(loop, group, None)
+            else:
+                stored = -1  # a later group cannot have been committed before this one
+                self._resolved(loop, group, self._failed(group.prepared,
+                                                          "the writer process died"))
+
+    def _fail_all(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
+        """No writer: every group sent (none of them can be stored) fails with ``exc``."""
+        while self._groups:
+            group = self._groups.popleft()
+            self._in_flight_events -= group.events
+            self._resolved(loop, group, self._failed(group.prepared, exc))
 
     def _max_seq(self) -> int:
         return int(self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
 
-    def _finish(self, loop: asyncio.AbstractEventLoop, group: _Group,
-                error: Exception | None, *, answered: bool = False) -> None:
-        """Answer the group's waiters and take the next group. After the writer's answer
-        (``answered``) the next group goes to the writer first: it commits while this one's
-        answers are written to their sockets, instead of after."""
-        self._group = None
+    def _resolved(self, loop: asyncio.AbstractEventLoop, group: _Group,
+                  error: Exception | None) -> None:
+        """A group is answered: the requests that waited for it go back in line, what the
+        writer may now take goes to it (before this group's answers are written to their
+        sockets, so that it commits meanwhile), and the group's waiters get their answers."""
         group.done.set_result(None)
-        if answered:
-            if self._pending:
+        if self._deferred:
+            back = [w for ticket, w in self._deferred if ticket <= group.ticket]
+            if back:
+                self._deferred = [(t, w) for t, w in self._deferred if t > group.ticket]
+                self._pending.extendleft(reversed(back))
+        if self._pending and not self._scheduled:
+            if error is None:
                 self._flush(loop)
-            else:
-                self._busy = False
+            else:  # on the next turn: a writer that cannot start is not retried in a loop
+                self._scheduled = True
+                loop.call_soon(self._flush, loop)
+        self._answer(group, error)
+
+    @staticmethod
+    def _answer(group: _Group, error: Exception | None) -> None:
         for (_, fut), count in zip(group.waiters, group.prepared.counts, strict=True):
             if fut.done():  # the client went away; the event is stored anyway
                 continue
@@ -578,14 +650,6 @@ class LandingLog:
                 fut.set_result(count)
             else:
                 fut.set_exception(error)
-        if not answered:
-            self._next(loop)
-
-    def _next(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._pending:  # on the next turn of the loop: what arrives meanwhile joins it
-            loop.call_soon(self._flush, loop)
-        else:
-            self._busy = False
 
     def _flush_counters_now(self) -> None:
         try:
@@ -600,18 +664,26 @@ class LandingLog:
         extra: list[Extra] = []
         counts: list[int] = []
         keys: set[int] = set()
+        deferred: list[int] = []
         self.seen.expire(received_us)
-        for records in group:
+        inflight = self._inflight
+        for i, records in enumerate(group):
             new = 0
+            marks = len(rows), len(extra), set(keys) if len(records) > 1 else None
             for r in records:
                 if type(r) is BatchRecord:
-                    new += self._prepare_batch(r, received_us, rows, extra, keys)
+                    got = self._prepare_batch(r, received_us, rows, extra, keys)
+                    if got < 0:
+                        break
+                    new += got
                     continue
                 assert isinstance(r, LandingRecord)
                 key = None
                 if r.client_token is not None:
                     key = dedupe_key(r.account_id, r.user_id, r.client_token)
-                    if key in keys or key in self._inflight or key in self.seen:
+                    if key in inflight:
+                        break  # an earlier group's, not known stored yet: wait for it
+                    if key in keys or key in self.seen:
                         continue  # a repeat: answered as stored, not stored again
                     keys.add(key)
                 rows.append((received_us, r.account_id, r.user_id, r.member,
@@ -619,17 +691,26 @@ class LandingLog:
                              r.protocol, r.body))
                 extra.append(None if r.amounts is None else (r.amounts, r.interaction, r.dim))
                 new += 1
-            counts.append(new)
+            else:
+                counts.append(new)
+                continue
+            deferred.append(i)  # undo what the request had added
+            del rows[marks[0]:], extra[marks[1]:]
+            if marks[2] is not None:  # (a request of one record added no key before this)
+                keys.intersection_update(marks[2])
         self._inflight |= keys
-        return _Prepared(rows, extra, counts, keys, received_us // DAY_US)
+        return _Prepared(rows, extra, counts, keys, received_us // DAY_US, deferred)
 
     def _prepare_batch(self, b: BatchRecord, received_us: int, rows: list[tuple[object, ...]],
                        extra: list[Extra], keys: set[int]) -> int:
-        """One batch's new events as one row (one event: a plain row); how many are new."""
+        """One batch's new events as one row (one event: a plain row); how many are new, or
+        -1 if some of its keys are with the writer in an earlier group (it then waits)."""
         key_of = dedupe_keys(b.account_id, b.user_id)
         every = [None if token is None else key_of(token) for token in b.client_tokens]
         fresh = {key for key in every if key is not None}
-        held = [keys, self._inflight, *self.seen.sets()]
+        if not fresh.isdisjoint(self._inflight):
+            return -1
+        held = [keys, *self.seen.sets()]
         if len(fresh) == len(every) - every.count(None) and all(map(fresh.isdisjoint, held)):
             keys |= fresh  # no repeat at all (the usual case): set operations, in C
             kept: Sequence[int] = range(len(every))

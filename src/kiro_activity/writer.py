@@ -3,11 +3,12 @@
 Started by :class:`~.landing.LandingLog` as ``python -m kiro_activity.writer DB FD``. It reads
 groups from the socket ``FD``: a 4-byte length, then a pickle of ``(ticket, rows, extra)`` with
 the rows ready for :func:`~.landing.insert_rows` (a batch row's lines and index are compressed
-there, on this process's core) and, per row, what it adds to the counters. Each
-group is one SQLite transaction committed with ``synchronous=FULL`` (the WAL is fsync'd before
-the commit becomes visible), and only then answered ``(ticket, last_seq, None)``; a group that
-could not be committed (disk full, I/O error) is answered ``(ticket, 0, message)`` and nothing of
-it is stored. Once a second the counters of the committed groups are written out with their
+there, on this process's core) and, per row, what it adds to the counters. The groups that
+have arrived while it committed the last ones are one SQLite transaction, committed with
+``synchronous=FULL`` (the WAL is fsync'd before the commit becomes visible); only then is each
+answered ``(ticket, last_seq, None)``, in the order received, with the seq of its own last event.
+Groups that could not be committed (disk full, I/O error) are each answered
+``(ticket, 0, message)`` and nothing of them is stored. Once a second the counters of the committed groups are written out with their
 watermark (:mod:`.counters`); on start, whatever lies past the watermark is recounted from the
 raw events, so a writer that died loses nothing.
 
@@ -58,16 +59,8 @@ def serve(db: Path, sock: socket.socket) -> None:
     written = time.monotonic()
     try:
         while (got := frames(sock, buffer)) is not None:
-            for ticket, rows, extra in got:
-                answer: tuple[int, int, str | None]
-                try:
-                    last_seq = landing.insert_rows(conn, rows)  # durable once it returns
-                    answer = (ticket, last_seq, None)
-                except Exception as exc:  # nothing of the group is stored: say why
-                    answer = (ticket, 0, f"{type(exc).__name__}: {exc}")
-                sock.sendall(landing.frame(answer))
-                if answer[2] is None:  # after the answer: the loop waits for nothing else
-                    pending.add(landing.counts_of(rows, extra), last_seq)
+            if got:
+                commit(conn, sock, got, pending)
             if pending.pending.cells and time.monotonic() - written >= COUNTERS_EVERY:
                 written = time.monotonic()
                 _write_counters(conn, pending)
@@ -76,6 +69,27 @@ def serve(db: Path, sock: socket.socket) -> None:
     finally:
         _write_counters(conn, pending)
         conn.close()
+
+
+def commit(conn: sqlite3.Connection, sock: socket.socket, groups: list[Any],
+           pending: counters.Counters) -> None:
+    """Commit the groups that have arrived in one transaction, then answer each."""
+    rows = [row for _, group_rows, _ in groups for row in group_rows]
+    try:
+        last_seq = landing.insert_rows(conn, rows)  # durable once it returns
+    except Exception as exc:  # nothing of the groups is stored: say why
+        error = f"{type(exc).__name__}: {exc}"
+        sock.sendall(b"".join(landing.frame((ticket, 0, error)) for ticket, _, _ in groups))
+        return
+    answers = []
+    seq = last_seq
+    for ticket, group_rows, _ in reversed(groups):  # each group's own last seq
+        answers.append(landing.frame((ticket, seq, None)))
+        seq -= landing.events_of_rows(group_rows)
+    sock.sendall(b"".join(reversed(answers)))
+    # after the answers: the loop waits for nothing else
+    extra = [e for _, _, group_extra in groups for e in group_extra]
+    pending.add(landing.counts_of(rows, extra), last_seq)
 
 
 def _write_counters(conn: sqlite3.Connection, pending: counters.Counters) -> None:
