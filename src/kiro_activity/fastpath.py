@@ -108,7 +108,12 @@ class FastProtocol(HttpToolsProtocol):
     deadline on each request's receipt and a cap on open connections."""
 
     ingest: IngestApp  # set on the subclass made by :func:`protocol_for`
-    _deadline: asyncio.TimerHandle | None = None
+    #: the deadline in force (loop time) and what it is for, if any
+    _until: float | None = None
+    _until_what: tuple[float, str] = (0.0, "")
+    #: the one timer that checks it, and when that timer fires (see _arm)
+    _timer: asyncio.TimerHandle | None = None
+    _timer_at = 0.0
     _arriving = False  # a request has begun and not been received in full
     _abrupt = False  # the next close is immediate (time limits, the cap, shutdown)
     _lingering: tuple[float, float, int] | None = None  # (until, last data, bytes read)
@@ -126,7 +131,7 @@ class FastProtocol(HttpToolsProtocol):
         self._arm(config.header_timeout, "headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._disarm(stop=True)
         self._abrupt = True  # uvicorn closes the transport it holds: nothing to linger for
         if self._linger_timer is not None:
             self._linger_timer.cancel()
@@ -177,21 +182,42 @@ class FastProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._arriving = True
-        if self._deadline is None:
+        if self._until is None:
             self._arm(self.ingest.config.header_timeout, "headers")
 
     def _arm(self, seconds: float, what: str) -> None:
-        self._disarm()
-        if seconds > 0:
-            self._deadline = self.loop.call_later(seconds, self._too_slow, seconds, what)
+        """Set the deadline. A request sets two and clears them, so this does not start and
+        cancel a timer each time: one timer per connection stays, fires at the deadline it was
+        started for, and starts again for the deadline then in force (if any); it is restarted
+        early only when the new deadline comes before it."""
+        if seconds <= 0:
+            self._until = None
+            return
+        until = self.loop.time() + seconds
+        self._until, self._until_what = until, (seconds, what)
+        if self._timer is None or self._timer_at > until:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at, self._timer = until, self.loop.call_at(until, self._check_deadline)
 
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+    def _disarm(self, *, stop: bool = False) -> None:
+        self._until = None  # the timer, when it fires, finds nothing to do
+        if stop and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        until = self._until
+        if until is None:
+            return
+        if until - self.loop.time() > 0.001:  # a later deadline than the timer's: wait for it
+            self._timer_at, self._timer = until, self.loop.call_at(until, self._check_deadline)
+            return
+        self._until = None
+        self._too_slow(*self._until_what)
 
     def _too_slow(self, seconds: float, what: str) -> None:
-        self._deadline = None
         if self.transport.is_closing():
             return
         self._abrupt = True  # a client this slow is not waited for
