@@ -261,12 +261,13 @@ def take_frames(buffer: bytearray) -> list[Any]:
     """The objects of the complete frames at the start of ``buffer``, which keeps the rest."""
     out = []
     start = 0
-    while len(buffer) - start >= _LEN.size:
-        (size,) = _LEN.unpack_from(buffer, start)
-        if len(buffer) - start - _LEN.size < size:
-            break
-        out.append(pickle.loads(buffer[start + _LEN.size:start + _LEN.size + size]))
-        start += _LEN.size + size
+    with memoryview(buffer) as view:  # each pickle read in place, not copied out first
+        while len(buffer) - start >= _LEN.size:
+            (size,) = _LEN.unpack_from(buffer, start)
+            if len(buffer) - start - _LEN.size < size:
+                break
+            out.append(pickle.loads(view[start + _LEN.size:start + _LEN.size + size]))
+            start += _LEN.size + size
     del buffer[:start]
     return out
 

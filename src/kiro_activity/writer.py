@@ -35,16 +35,21 @@ log = logging.getLogger("kiro_activity.writer")
 COUNTERS_EVERY = 1.0  # seconds between writes of the counters
 
 
+#: what each read of the socket goes into: one buffer, not a fresh megabyte per read (which the
+#: allocator maps, faults in and unmaps each time)
+_SCRATCH = memoryview(bytearray(1 << 20))
+
+
 def frames(sock: socket.socket, buffer: bytearray) -> list[Any] | None:
     """The complete frames received so far (waiting up to the counters' interval for data);
     None when the other end has closed."""
     try:
-        data = sock.recv(1 << 20)
+        got = sock.recv_into(_SCRATCH)
     except TimeoutError:
         return []
-    if not data:
+    if not got:
         return None
-    buffer += data
+    buffer += _SCRATCH[:got]
     return landing.take_frames(buffer)
 
 
