@@ -7,6 +7,9 @@ import asyncio
 import os
 import random
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import orjson
 
@@ -95,3 +98,51 @@ def test_a_killed_worker_costs_its_batch_time_not_its_result() -> None:
     finally:
         checker.close()
     assert checker.in_workers == 2
+
+
+COMMAND_LIKE = '''
+from kiro_activity.cli import main  # what the kiro-activity console script runs first
+
+HEAVY = ("duckdb", "pyarrow", "boto3", "botocore")
+
+
+def loaded() -> list[str]:
+    import sys
+    return [name for name in HEAVY if name in sys.modules]
+
+
+if __name__ == "__main__":
+    import asyncio
+    import resource
+    import sys
+
+    from kiro_activity.batchcheck import WORKER_MIN_LINES, Checker, Token
+
+    token = Token("111122223333", "alice", "us-east-1", "true", 4096)
+    line = b'{"telemetryEvent": {"featureDevEvent": {}}}'
+    checker = Checker(1)
+    try:
+        asyncio.run(checker.check(b"\\n".join([line] * WORKER_MIN_LINES), [line] *
+                                  WORKER_MIN_LINES, token))
+        assert checker.in_workers == 1 and checker._pool is not None
+        print(checker._pool.submit(loaded).result())
+        pid = next(iter(checker._pool._processes))
+        print(int(open(f"/proc/{pid}/status").read().split("VmRSS:")[1].split()[0]) // 1024)
+        print(loaded())
+    finally:
+        checker.close()
+'''
+
+
+def test_a_checker_process_does_not_load_what_only_the_commands_need(tmp_path: Path) -> None:
+    """A checker is spawned: it imports the main module of the service, the command's. That
+    imports DuckDB, pyarrow and boto3 only when a command uses them, so a checker holds
+    none of them (about 30 MiB, not 90)."""
+    script = tmp_path / "kiro-activity"
+    script.write_text(COMMAND_LIKE)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, check=True).stdout.splitlines()
+    worker_loaded, worker_mib, main_loaded = out
+    assert worker_loaded == "[]", worker_loaded
+    assert int(worker_mib) < 50
+    assert main_loaded == "[]"  # nor the process that only imported the command

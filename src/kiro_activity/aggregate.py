@@ -21,13 +21,11 @@ import duckdb
 import pyarrow as pa
 
 from . import counters, events, landing, logrows
+from .config import ENGINES
 from .errors import UsageError
 from .metrics import AMOUNT_MAX, METRICS, SUM_MAX, Rule, column_order, numeric_fields, text_fields
 
 DAY_US = 86_400_000_000
-#: what computes a rebuild: DuckDB in this process (the default), or Spark (:mod:`.spark`),
-#: which reads the sealed day
-ENGINES = ("duckdb", "spark")
 NUMBER_TYPES = "('UBIGINT', 'BIGINT', 'DOUBLE')"
 
 

@@ -14,28 +14,22 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 
-from . import (
-    aggregate,
-    archive,
-    audit,
-    daily,
-    db,
-    landing,
-    logrows,
-    metrics,
-    replicas,
-    retention,
-    store,
-)
-from . import settings as settings_mod
-from .config import Config
-from .deliver import Backoff
+from . import audit, db, landing, lazy, logrows, metrics, store
+from .config import ENGINES, Config
 from .errors import KiroActivityError, SettingsRejected, UsageError
+
+if TYPE_CHECKING:
+    from . import aggregate, archive, daily, deliver, replicas, retention
+    from . import settings as settings_mod
+else:  # DuckDB, pyarrow and boto3 only when a command uses them (see lazy.py)
+    aggregate, archive, daily, deliver, replicas, retention, settings_mod = (
+        lazy.module(f"{__package__}.{name}") for name in (
+            "aggregate", "archive", "daily", "deliver", "replicas", "retention", "settings"))
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -433,7 +427,7 @@ def report() -> None:
 
 
 _ENGINE = click.option(
-    "--engine", type=click.Choice(aggregate.ENGINES),
+    "--engine", type=click.Choice(ENGINES),
     help="What computes the day: duckdb (the counters, or with --rebuild DuckDB over the raw "
          "events), or spark (Apache Spark over the archive's segments, always a rebuild; needs "
          "kiro-activity[spark]). [default: KIRO_ACTIVITY_ENGINE, else duckdb]")
@@ -487,7 +481,7 @@ def report_run(ctx: click.Context, account_id: str, day: str, replace: bool,
                          "use 'report build' to look at it so far")
     outcome = daily.deliver_day(_with_engine(ctx.obj, engine), account_id, when, now=time.time,
                                 replace=replace, attempts=attempts,
-                                backoff=Backoff(base=0.5, cap=5), actor=audit.local_actor())
+                                backoff=deliver.Backoff(base=0.5, cap=5), actor=audit.local_actor())
     for key, result in outcome.objects:
         click.echo(f"{result}\t{key}")
     if outcome.state == "failed":
@@ -524,7 +518,7 @@ def report_backfill(ctx: click.Context, account_id: str, first: str, last: str, 
         for day in days:
             outcome = daily.deliver_day(_with_engine(ctx.obj, engine), account_id, day,
                                         now=time.time, replace=replace, attempts=attempts,
-                                        backoff=Backoff(base=0.5, cap=5),
+                                        backoff=deliver.Backoff(base=0.5, cap=5),
                                         actor=audit.local_actor())
             progress.advance(task)
             click.echo(f"{day}\t{outcome.state}")

@@ -12,6 +12,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 MIB = 1024 * 1024
+#: what computes a rebuild: DuckDB in this process (the default), or Spark (:mod:`.spark`),
+#: which reads the sealed day
+ENGINES = ("duckdb", "spark")
 
 
 @dataclass(frozen=True)

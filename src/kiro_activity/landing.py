@@ -22,10 +22,10 @@ pickles the group's rows (a few microseconds each) and reads a short answer.
 If the writer process dies, another is started; of the groups that were with it, those whose
 rows are visible in the database are stored (a commit becomes visible only after its fsync, and
 groups are committed in the order sent, so the stored ones are the first ones), the others are
-not, and each is answered accordingly. A lock file (``landing.db.lock``) held by the log and shared with its
-writer process keeps one writer per log: a service restarted after being killed waits until
-the old writer, which finishes the group it holds, has exited. Readers that must see every
-acknowledged row of a day (the daily run) wait on :meth:`LandingLog.barrier`.
+not, and each is answered accordingly. A lock file (``landing.db.lock``) held by the log and
+shared with its writer process keeps one writer per log: a service restarted after being killed
+waits until the old writer, which finishes the group it holds, has exited. Readers that must see
+every acknowledged row of a day (the daily run) wait on :meth:`LandingLog.barrier`.
 
 Exactly once: a repeated clientToken of the same user within the dedupe window
 (``dedupe_days``) is recognised by the

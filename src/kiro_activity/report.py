@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .aggregate import DayAggregate
 from .metrics import DATE_FORMAT, DEFAULT_LAYOUT, LAYOUTS, column_order, header
+
+if TYPE_CHECKING:  # (importing it would load DuckDB and pyarrow for the key rules of s3uri)
+    from .aggregate import DayAggregate
 
 PART_SIZE = 1000
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -14,13 +14,18 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import db, location, s3uri
+from . import db, lazy, s3uri
 from .audit import record
 from .errors import SettingsConflict, SettingsRejected
 from .metrics import DEFAULT_LAYOUT, LAYOUTS
 from .store import require_account, transaction
+
+if TYPE_CHECKING:
+    from . import location
+else:  # boto3, DuckDB: only when a location is checked (the command's options need this module)
+    location = lazy.module(f"{__package__}.location")
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,7 @@ def field_problems(s: Settings, region: str) -> list[tuple[str, str]]:
     return out
 
 
-Checker = Callable[..., location.LocationReport]
+Checker = Callable[..., "location.LocationReport"]
 
 
 def check(s: Settings, account: Any, *, writer: str, policy: Any = None, client: Any = None,

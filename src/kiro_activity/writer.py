@@ -3,14 +3,14 @@
 Started by :class:`~.landing.LandingLog` as ``python -m kiro_activity.writer DB FD``. It reads
 groups from the socket ``FD``: a 4-byte length, then a pickle of ``(ticket, rows, extra)`` with
 the rows ready for :func:`~.landing.insert_rows` (a batch row's lines and index are compressed
-there, on this process's core) and, per row, what it adds to the counters. The groups that
-have arrived while it committed the last ones are one SQLite transaction, committed with
+there, on this process's core) and, per row, what it adds to the counters. The groups that have
+arrived while it committed the last ones are one SQLite transaction, committed with
 ``synchronous=FULL`` (the WAL is fsync'd before the commit becomes visible); only then is each
-answered ``(ticket, last_seq, None)``, in the order received, with the seq of its own last event.
-Groups that could not be committed (disk full, I/O error) are each answered
-``(ticket, 0, message)`` and nothing of them is stored. Once a second the counters of the committed groups are written out with their
-watermark (:mod:`.counters`); on start, whatever lies past the watermark is recounted from the
-raw events, so a writer that died loses nothing.
+answered ``(ticket, last_seq, None)``, in the order received, with the seq of its own last
+event. Groups that could not be committed (disk full, I/O error) are each answered ``(ticket, 0,
+message)`` and nothing of them is stored. Once a second the counters of the committed groups are
+written out with their watermark (:mod:`.counters`); on start, whatever lies past the watermark
+is recounted from the raw events, so a writer that died loses nothing.
 
 The writer has its own interpreter, so the insert, the fsync and the counters take no time from
 the HTTP event loop; the loop only pickles the rows and reads the answer. Pickle is safe here:
