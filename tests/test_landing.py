@@ -274,6 +274,50 @@ def test_a_retry_waiting_on_a_lost_group_is_stored_as_new(tmp_path: Path) -> Non
     assert tokens == ["warm-up", "x", "z", "w"]
 
 
+def test_a_lost_writer_stored_the_first_groups_it_had_and_not_the_rest(tmp_path: Path) -> None:
+    """Of the groups a dead writer had, the ones whose rows are in the log are the first ones
+    sent: those are answered 200, the rest 503; the retries that waited on them are repeats
+    and new events accordingly, and what is sent while that is decided goes to the new writer."""
+    log = LandingLog(tmp_path / "landing.db")
+
+    async def main() -> list[object]:
+        assert await log.append([record("warm-up")]) == 1
+        assert log._writer is not None
+        writer = log._writer.proc
+        os.kill(writer.pid, signal.SIGSTOP)
+        sent, retries = [], []
+        for token in ("a", "b"):
+            sent.append(asyncio.ensure_future(log.append([record(token), record(None)])))
+            while len(log._groups) < len(sent):
+                await asyncio.sleep(0)
+            # a retry with a new event beside it: it waits for this group
+            retries.append(asyncio.ensure_future(log.append([record(token),
+                                                             record(f"{token}-new")])))
+            while len(log._deferred) < len(sent):
+                await asyncio.sleep(0)
+        # the writer committed the first group, then died before it answered
+        log.run_in_writer(lambda conn: landing.insert_rows(conn, log._groups[0].prepared.rows))
+        writer.kill()
+        results: list[object] = []
+        for fut in [*sent, *retries]:
+            try:
+                results.append(await asyncio.wait_for(fut, timeout=10))
+            except StoreUnavailableError:
+                results.append("503")
+        results.append(await log.append([record("after")]))
+        return results
+
+    try:
+        # the retry of "a" is a repeat beside a new event, sent to the new writer while the
+        # lost groups were still being decided; the retry of "b" is new, with its neighbour
+        assert asyncio.run(main()) == [2, "503", 1, 2, 1]
+        assert log.healthy
+    finally:
+        log.close()
+    tokens = [r["client_token"] for r in read_events(tmp_path / "landing.db")]
+    assert tokens == ["warm-up", "a", None, "a-new", "b", "b-new", "after"]
+
+
 def test_a_writer_that_cannot_start_gives_503_not_a_hang(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = LandingLog(tmp_path / "landing.db")

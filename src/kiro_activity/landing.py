@@ -600,9 +600,10 @@ class LandingLog:
                 log.warning("cannot read the landing log yet (%s); retrying", exc)
                 time.sleep(0.05 * (attempt + 1))
         stored = -1 if newest is None else newest - self._last_seq
-        while self._groups:
-            group = self._groups.popleft()
-            self._in_flight_events -= group.events
+        # taken off first: what is sent meanwhile (the requests these answers let go) goes to
+        # the next writer and is answered by it, not judged here
+        lost, self._groups, self._in_flight_events = self._groups, deque(), 0
+        for group in lost:
             if 0 <= group.events <= stored:
                 stored -= group.events
                 self._last_seq += group.events
@@ -615,9 +616,8 @@ class LandingLog:
 
     def _fail_all(self, loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
         """No writer: every group sent (none of them can be stored) fails with ``exc``."""
-        while self._groups:
-            group = self._groups.popleft()
-            self._in_flight_events -= group.events
+        lost, self._groups, self._in_flight_events = self._groups, deque(), 0
+        for group in lost:
             self._resolved(loop, group, self._failed(group.prepared, exc))
 
     def _max_seq(self) -> int:
