@@ -1,19 +1,28 @@
-"""How far the single-event target is from what this code can reach, measured in one run.
+"""Where the single-event target is lost: the durable path taken apart layer by layer, in one run.
 
-    python bench/ceiling.py [--seconds 6] [--rounds 4]
+    python bench/ceiling.py [--seconds 6] [--rounds 4] [--connections 16[,64]] [--only A,B]
 
-Three servers under the same wrk load as ``bench/run.py`` (16 keep-alive connections, the same
-body and tokens), rounds alternating:
+Servers under the same wrk load as ``bench/run.py`` (keep-alive connections, the same body and
+500 tokens), rounds alternating, each a layer more of what a durable answer costs:
 
-1. the bare ASGI endpoint (``bench/hello.py``), the issue's reference;
-2. kiro-activity with the landing log replaced by a stub that acknowledges at once and stores
-   nothing: the whole request path (HTTP fast path, auth, rate limit, JSON parse, validation,
-   metric deltas, the record) with no storage at all. Its ratio is the ceiling for any storage
-   design in this process;
-3. kiro-activity as shipped (durable group commit).
+1. ``bare``: the bare ASGI endpoint (``bench/hello.py``), the issue's reference;
+2. ``stubbed``: kiro-activity with the landing log replaced by a stub that acknowledges at once
+   and stores nothing: the whole request path (HTTP fast path, auth, rate limit, JSON parse,
+   validation, metric deltas, the record), no writer process. The ceiling for any storage
+   design that leaves this process;
+3. ``link``: the real landing log and writer process, but the writer stores nothing (its
+   insert answers at once): what the group, its pickle and the round trip to a second process
+   cost;
+4. ``no-fsync``: the writer inserts and commits as shipped, with ``synchronous=NORMAL`` (no
+   fsync per commit; not durable): what the SQLite work costs apart from the disk's flush;
+5. ``durable``: kiro-activity as shipped (every 200 fsync'd).
 
-The stub is patched in by this script only (a ``python -c`` launcher); the product has no such
-switch.
+With ``--connections 16,64`` every server is measured at each count: a closed loop of 16
+connections is bound by the round trip, so what the machine could do at all shows with more.
+
+The variants are patched in by this script only (``python -c`` launchers that replace a function
+before the service starts; for ``link`` and ``no-fsync`` also in the writer process, whose
+command the launcher rewrites); the product has no such switch.
 """
 
 from __future__ import annotations
@@ -30,18 +39,67 @@ from pathlib import Path
 from kiro_activity.demo import free_port
 from run import HERE, prepare, write_body, wrk  # bench/run.py, beside this script
 
-STUB = """
+SERVE = """
 import sys
+{patch}
+from kiro_activity.cli import main
+sys.argv[0] = "kiro-activity"
+main()
+"""
+
+STUB = """
 from kiro_activity import landing
 def submit(self, records, loop):
     done = loop.create_future()
     done.set_result(len(records))
     return done
 landing.LandingLog.submit = submit
-from kiro_activity.cli import main
-sys.argv[0] = "kiro-activity"
-main()
 """
+
+#: the service starts its writer as ``python -m kiro_activity.writer DB FD``: this runs WRITER
+#: (with the same DB FD arguments) instead
+WRITER_COMMAND = """
+import subprocess, types
+from kiro_activity import landing
+WRITER = {writer!r}
+def popen(args, **kwargs):
+    if list(args[1:3]) == ["-m", "kiro_activity.writer"]:
+        args = [args[0], "-c", WRITER, *args[3:]]
+    return subprocess.Popen(args, **kwargs)
+landing.subprocess = types.SimpleNamespace(Popen=popen, TimeoutExpired=subprocess.TimeoutExpired)
+"""
+
+NULL_WRITER = """
+from kiro_activity import landing, writer
+last = 0
+def insert_rows(conn, rows):
+    global last
+    last += landing.events_of_rows(rows)
+    return last
+landing.insert_rows = insert_rows
+writer.main()
+"""
+
+NO_FSYNC_WRITER = """
+from kiro_activity import landing, writer
+connect = landing.connect
+def without_fsync(path, **kwargs):
+    conn = connect(path, **kwargs)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+landing.connect = without_fsync
+writer.main()
+"""
+
+#: name -> (what it is, the python arguments that start it)
+SERVERS: dict[str, tuple[str, list[str]]] = {
+    "stubbed": ("storage stubbed out", ["-c", SERVE.format(patch=STUB)]),
+    "link": ("writer stores nothing", [
+        "-c", SERVE.format(patch=WRITER_COMMAND.format(writer=NULL_WRITER))]),
+    "no-fsync": ("commits not fsync'd", [
+        "-c", SERVE.format(patch=WRITER_COMMAND.format(writer=NO_FSYNC_WRITER))]),
+    "durable": ("as shipped", ["-m", "kiro_activity"]),
+}
 
 
 def wait_health(port: int) -> None:
@@ -61,7 +119,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--connections", default="16",
+                        help="wrk's keep-alive connections; several: comma-separated")
+    parser.add_argument("--only", default=",".join(SERVERS),
+                        help=f"which of {', '.join(SERVERS)} besides the bare endpoint")
     args = parser.parse_args()
+    counts = [int(c) for c in args.connections.split(",")]
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(SERVERS))
+    if unknown:
+        raise SystemExit(f"unknown server {', '.join(unknown)}; choose from {', '.join(SERVERS)}")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     with tempfile.TemporaryDirectory(prefix="kiro-ceiling-") as tmp:
@@ -70,40 +137,44 @@ def main() -> None:
         servers: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
         try:
             port = free_port()
-            servers["bare ASGI endpoint"] = (subprocess.Popen(
+            servers["bare"] = (subprocess.Popen(
                 [sys.executable, str(HERE / "hello.py"), str(port)]), port, work / "none.txt")
             (work / "none.txt").write_text("-\n")
-            for name, launcher in (("ours, storage stubbed", ["-c", STUB]),
-                                   ("ours, durable", ["-m", "kiro_activity"])):
-                config, tokens = prepare(work / name.replace(" ", "_").replace(",", ""), 500)
-                tokens_file = work / f"{len(servers)}.txt"
+            for name in chosen:
+                config, tokens = prepare(work / name, 500)
+                tokens_file = work / f"{name}.txt"
                 tokens_file.write_text("\n".join(tokens) + "\n")
                 port = free_port()
                 servers[name] = (subprocess.Popen(
-                    [sys.executable, *launcher, "--data-dir", str(config.data_dir), "serve",
-                     "--port", str(port), "--rate", "100", "--burst", "1000"],
+                    [sys.executable, *SERVERS[name][1], "--data-dir", str(config.data_dir),
+                     "serve", "--port", str(port), "--rate", "100", "--burst", "1000"],
                     stderr=subprocess.DEVNULL), port, tokens_file)
             for _, port, _ in servers.values():
                 wait_health(port)
-            results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+            results: dict[tuple[int, str], list[dict[str, float]]] = {
+                (c, name): [] for c in counts for name in servers}
             for _, port, tokens_file in servers.values():
                 wrk(port, 1, tokens_file, work / "body.json")
             for _ in range(args.rounds):
-                for name, (_, port, tokens_file) in servers.items():
-                    results[name].append(wrk(port, args.seconds, tokens_file,
-                                             work / "body.json"))
+                for c in counts:
+                    for name, (_, port, tokens_file) in servers.items():
+                        results[c, name].append(wrk(port, args.seconds, tokens_file,
+                                                    work / "body.json", connections=c))
         finally:
             for proc, _, _ in servers.values():
                 proc.terminate()
                 proc.wait(30)
-    reference = statistics.median(r["rps"] for r in results["bare ASGI endpoint"])
-    print("\n== single-event requests, wrk -t2 -c16: the ceiling without storage ==")
-    for name, runs in results.items():
-        rps = statistics.median(r["rps"] for r in runs)
-        p99 = statistics.median(r["p99"] for r in runs)
-        line = ", ".join(f"{r['rps']:.0f}" for r in runs)
-        print(f"{name:24s} median {rps:8.0f} req/s  ratio {rps / reference:.2f}  "
-              f"p99 {p99:6.2f} ms   (runs: {line})")
+    for c in counts:
+        reference = statistics.median(r["rps"] for r in results[c, "bare"])
+        print(f"\n== single-event requests, wrk -t2 -c{c}: the durable path layer by layer ==")
+        for name in servers:
+            runs = results[c, name]
+            rps = statistics.median(r["rps"] for r in runs)
+            p99 = statistics.median(r["p99"] for r in runs)
+            line = ", ".join(f"{r['rps']:.0f}" for r in runs)
+            label = "bare ASGI endpoint" if name == "bare" else f"{name} ({SERVERS[name][0]})"
+            print(f"{label:34s} median {rps:8.0f} req/s  ratio {rps / reference:.2f}  "
+                  f"p99 {p99:6.2f} ms   (runs: {line})")
 
 
 if __name__ == "__main__":

@@ -37,10 +37,11 @@ HERE = Path(__file__).parent
 ACCOUNT, REGION = "111122223333", "us-east-1"
 
 
-def wrk(port: int, seconds: int, tokens: Path, template: Path) -> dict[str, float]:
+def wrk(port: int, seconds: int, tokens: Path, template: Path,
+        connections: int = 16) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", "-s", str(HERE / "ingest.lua"),
-         f"http://127.0.0.1:{port}/", "--", str(tokens), str(template)],
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
+         str(HERE / "ingest.lua"), f"http://127.0.0.1:{port}/", "--", str(tokens), str(template)],
         capture_output=True, text=True, check=True).stdout
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
