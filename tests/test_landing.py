@@ -107,6 +107,46 @@ def test_writer_survives_a_failing_commit(tmp_path: Path) -> None:
         log.close()
 
 
+def test_then_is_called_when_the_answer_is_read_and_a_failing_one_stops_no_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A request's ``then`` runs inside the handling of the writer's answer, before callbacks
+    the loop has queued meanwhile (the fast path writes its answer there); one that raises is
+    logged, and the rest of its group still get theirs. A failed group reaches ``then`` too."""
+    log = LandingLog(tmp_path / "landing.db")
+    order: list[str] = []
+
+    def then(name: str, fail: bool = False) -> landing.Then:
+        def called(fut: asyncio.Future[int]) -> None:
+            order.append(f"{name}={fut.result() if fut.exception() is None else 'error'}")
+            if fail:
+                raise RuntimeError(f"{name} failed")
+        return called
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(landing.sys, "executable", "/bin/false")  # no writer: a 503
+        with pytest.raises(StoreUnavailableError):
+            await asyncio.wait_for(log.submit([record("t0")], loop, then("refused")), 10)
+        monkeypatch.undo()
+        futures = [log.submit([record(f"t{i}")], loop, then(f"r{i}", fail=i == 1))
+                   for i in range(3)]
+        repeat = log.submit([record("t0")], loop, then("repeat"))
+        futures[0].add_done_callback(lambda _: order.append("added callback"))
+        await asyncio.wait_for(asyncio.gather(*futures, repeat), timeout=30)
+
+    try:
+        asyncio.run(main())
+    finally:
+        log.close()
+    # all four went in one group (the repeat of t0 in it counts 0); the callback added to r0's
+    # future ran only after the whole group had its answers
+    assert order == ["refused=error", "r0=1", "r1=1", "r2=1", "repeat=0", "added callback"]
+    assert "a landing log request's callback failed" in caplog.text
+    assert "r1 failed" in caplog.text
+    assert len(read_events(tmp_path / "landing.db")) == 3
+
+
 def test_a_large_group_reaches_the_writer_under_uvloop(tmp_path: Path) -> None:
     """libuv makes a watched socket non-blocking: a group of megabytes is sent as it drains."""
     import uvloop

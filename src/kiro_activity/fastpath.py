@@ -301,8 +301,8 @@ class FastProtocol(HttpToolsProtocol):
             exc = InternalServerError("internal error; retry the request")
             self._respond(cycle, 500, orjson.dumps(exc.body()), error_headers(exc))
             return
-        self.ingest.landing.submit([record], self.loop).add_done_callback(
-            lambda fut: self._committed(cycle, fut))
+        self.ingest.landing.submit([record], self.loop,
+                                   lambda fut: self._committed(cycle, fut))
 
     def _committed(self, cycle: _FastCycle, fut: asyncio.Future[int]) -> None:
         error = fut.exception()
