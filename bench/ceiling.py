@@ -49,9 +49,11 @@ main()
 
 STUB = """
 from kiro_activity import landing
-def submit(self, records, loop):
+def submit(self, records, loop, then=None):
     done = loop.create_future()
     done.set_result(len(records))
+    if then is not None:  # as the log calls it: once resolved, not from inside the parser
+        loop.call_soon(then, done)
     return done
 landing.LandingLog.submit = submit
 """
