@@ -46,7 +46,8 @@ def wrk(port: int, seconds: int, tokens: Path, template: Path,
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
         raise SystemExit(f"{non2xx.group(1)} requests failed:\n{out}")
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+    return {"requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
             "p50": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
             "p99": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1))}  # type: ignore[union-attr]
 
