@@ -196,9 +196,9 @@ def measured(proc: subprocess.Popen[bytes], port: int, tokens: Path, body: Path,
     before, start = cpu_now(proc.pid), time.monotonic()
     run = wrk(port, seconds, tokens, body, connections=connections)
     after, elapsed = cpu_now(proc.pid), time.monotonic() - start
-    loop, below, client, busy = (b - a for a, b in zip(before, after, strict=True))
+    server, below, client, busy = (b - a for a, b in zip(before, after, strict=True))
     n = max(run["requests"], 1.0)
-    return {**run, "loop_us": loop / n * 1e6, "children_us": below / n * 1e6,
+    return {**run, "server_us": server / n * 1e6, "children_us": below / n * 1e6,
             "wrk_us": client / n * 1e6, "machine_us": busy / n * 1e6,
             "busy": busy / elapsed / (os.cpu_count() or 1)}
 
@@ -284,9 +284,9 @@ def main() -> None:
         for name in servers:
             runs = results[c, name]
             med = {k: statistics.median(r[k] for r in runs)
-                   for k in ("loop_us", "children_us", "wrk_us", "machine_us", "busy")}
+                   for k in ("server_us", "children_us", "wrk_us", "machine_us", "busy")}
             bound = cores / (med["machine_us"] * 1e-6) / reference
-            print(f"{name:12s} {med['loop_us']:7.1f} {med['children_us']:9.1f} "
+            print(f"{name:12s} {med['server_us']:7.1f} {med['children_us']:9.1f} "
                   f"{med['wrk_us']:6.1f} {med['machine_us']:8.1f} {med['busy']:5.0%} "
                   f"{bound:6.2f}")
 
